@@ -1,0 +1,305 @@
+"""The store: one interface over SQLite and PostgreSQL (SQLAlchemy Core, async).
+
+Every state change is one transaction. ``accept`` commits the raw bytes, envelope, submitter
+and decision together; the SMTP front answers 250 only after it returns.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import delete, func, insert, or_, select, text, update
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from relayguard.clock import Clock, SystemClock
+from relayguard.decision import Action, Decision, Envelope, Submitter
+from relayguard.errors import ConflictError, NotFound, StoreError
+from relayguard.store import tables as t
+from relayguard.store.records import StoredMessage, User
+from relayguard.store.states import State
+
+_MIGRATIONS = Path(__file__).with_name("migrations")
+# Columns for listings: everything but the raw bytes, which can be tens of megabytes.
+_SUMMARY_COLUMNS = [c for c in t.messages.c if c.name != "raw"]
+
+
+def new_queue_id() -> str:
+    """Time-sortable, unguessable: 13 hex digits of microseconds, then 10 random hex digits."""
+    return f"{time.time_ns() // 1000:013x}{secrets.token_hex(5)}"
+
+
+def _initial_state(decision: Decision) -> State:
+    return {Action.DELIVER: State.QUEUED, Action.HOLD: State.HELD,
+            Action.REJECT: State.REFUSED}[decision.action]
+
+
+class Store:
+    """All persistence. Backends differ only in how the engine is made (``sqlite``, ``postgres``)."""
+
+    def __init__(self, engine: AsyncEngine, *, clock: Clock | None = None, schema: str | None = None,
+                 url: str = "") -> None:
+        self.engine = engine
+        self.clock: Clock = clock or SystemClock()
+        self.schema = schema
+        self.url = url
+        self.is_postgres = engine.dialect.name == "postgresql"
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def migrate(self) -> None:
+        """Bring the schema to the newest Alembic revision (safe to call from several instances)."""
+        async with self.begin() as conn:
+            if self.is_postgres:
+                if self.schema:
+                    await conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"'))
+                # Two instances starting together must not both create the tables.
+                await conn.execute(text("SELECT pg_advisory_xact_lock(4242001)"))
+            await conn.run_sync(self._upgrade)
+
+    def _upgrade(self, sync_conn: Any) -> None:
+        from alembic import command  # noqa: PLC0415 - only needed at start-up
+        from alembic.config import Config  # noqa: PLC0415
+
+        cfg = Config()
+        cfg.set_main_option("script_location", str(_MIGRATIONS))
+        cfg.attributes["connection"] = sync_conn
+        cfg.attributes["schema"] = self.schema
+        command.upgrade(cfg, "head")
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    @asynccontextmanager
+    async def begin(self) -> AsyncIterator[AsyncConnection]:
+        """One transaction; database failures surface as :class:`StoreError` (the client hears 451)."""
+        try:
+            async with self.engine.begin() as conn:
+                yield conn
+        except IntegrityError as exc:
+            raise ConflictError(f"conflicting change: {exc.orig}") from exc
+        except (OperationalError, DBAPIError, OSError) as exc:
+            raise StoreError(f"store unavailable: {getattr(exc, 'orig', exc)}") from exc
+
+    async def ping(self) -> None:
+        async with self.engine.connect() as conn:
+            await conn.execute(select(1))
+
+    # -- accepting ---------------------------------------------------------------------------
+
+    def _message_row(self, *, raw: bytes, envelope: Envelope, submitter: Submitter, decision: Decision,
+                     message_id: str | None, subject: str | None, origin: str,
+                     state: State | None) -> dict[str, Any]:
+        now = self.clock.now()
+        return {
+            "id": new_queue_id(), "created_at": now, "updated_at": now, "origin": origin,
+            "mail_from": envelope.mail_from, "rcpts": json.dumps(list(envelope.rcpt_tos)),
+            "submitter": submitter.name, "submitter_kind": submitter.kind.value,
+            "client_addr": submitter.client_addr, "message_id": message_id, "subject": subject,
+            "size": len(raw), "raw": raw, "state": (state or _initial_state(decision)).value,
+            "action": decision.action.value, "decision": json.dumps(decision.to_json()),
+            "policy_version": decision.policy_version, "attempts": 0, "next_attempt_at": now,
+            "results": "{}",
+        }
+
+    async def accept(self, *, raw: bytes, envelope: Envelope, submitter: Submitter, decision: Decision,
+                     message_id: str | None = None, subject: str | None = None, origin: str = "client",
+                     state: State | None = None, conn: AsyncConnection | None = None) -> str:
+        """Commit one message with its decision; returns the queue id."""
+        row = self._message_row(raw=raw, envelope=envelope, submitter=submitter, decision=decision,
+                                message_id=message_id, subject=subject, origin=origin, state=state)
+        if conn is not None:
+            await conn.execute(insert(t.messages).values(**row))
+        else:
+            async with self.begin() as own:
+                await own.execute(insert(t.messages).values(**row))
+        return str(row["id"])
+
+    # -- the delivery queue ------------------------------------------------------------------
+
+    async def claim(self, owner: str, *, limit: int, lease: float) -> list[StoredMessage]:
+        """Lease up to ``limit`` due messages to ``owner``; an expired lease is fair game."""
+        now = self.clock.now()
+        due = (
+            select(t.messages.c.id)
+            .where(t.messages.c.state == State.QUEUED.value, t.messages.c.next_attempt_at <= now,
+                   or_(t.messages.c.lease_until.is_(None), t.messages.c.lease_until < now))
+            .order_by(t.messages.c.next_attempt_at)
+            .limit(limit)
+            # PostgreSQL: rows another instance is claiming are skipped, not waited for.
+            # SQLite ignores it; BEGIN IMMEDIATE already serialises writers.
+            .with_for_update(skip_locked=True)
+        )
+        stmt = (update(t.messages).where(t.messages.c.id.in_(due))
+                .values(lease_owner=owner, lease_until=now + lease).returning(*t.messages.c))
+        async with self.begin() as conn:
+            rows = (await conn.execute(stmt)).fetchall()
+        return sorted((StoredMessage.from_row(r) for r in rows), key=lambda m: m.next_attempt_at or 0)
+
+    async def finish_attempt(self, queue_id: str, owner: str, *, state: State,
+                             results: dict[str, dict[str, Any]], next_attempt_at: float | None,
+                             error: str | None) -> bool:
+        """Record one delivery attempt; False when ``owner`` lost the lease meanwhile."""
+        now = self.clock.now()
+        values: dict[str, Any] = {
+            "state": state.value, "results": json.dumps(results), "next_attempt_at": next_attempt_at,
+            "last_error": error, "lease_owner": None, "lease_until": None, "updated_at": now,
+            "attempts": t.messages.c.attempts + 1,
+        }
+        if state is State.DELIVERED:
+            values["delivered_at"] = now
+        stmt = (update(t.messages)
+                .where(t.messages.c.id == queue_id, t.messages.c.lease_owner == owner)
+                .values(**values))
+        async with self.begin() as conn:
+            done = (await conn.execute(stmt)).rowcount
+        return bool(done)
+
+    async def set_state(self, queue_id: str, state: State, *, expect: Iterable[State],
+                        conn: AsyncConnection | None = None, **values: Any) -> None:
+        """Move a message to ``state`` only from one of ``expect``; else :class:`ConflictError`."""
+        allowed = [s.value for s in expect]
+        stmt = (update(t.messages)
+                .where(t.messages.c.id == queue_id, t.messages.c.state.in_(allowed))
+                .values(state=state.value, updated_at=self.clock.now(), **values))
+        if conn is not None:
+            changed = (await conn.execute(stmt)).rowcount
+        else:
+            async with self.begin() as own:
+                changed = (await own.execute(stmt)).rowcount
+        if not changed:
+            current = await self.get(queue_id, with_raw=False)
+            raise ConflictError(f"message {queue_id} is {current.state.value}, not "
+                                f"{' or '.join(allowed)}")
+
+    # -- reading -----------------------------------------------------------------------------
+
+    async def get(self, queue_id: str, *, with_raw: bool = True,
+                  conn: AsyncConnection | None = None) -> StoredMessage:
+        cols = list(t.messages.c) if with_raw else _SUMMARY_COLUMNS
+        stmt = select(*cols).where(t.messages.c.id == queue_id)
+        if conn is not None:
+            row = (await conn.execute(stmt)).first()
+        else:
+            async with self.engine.connect() as own:
+                row = (await own.execute(stmt)).first()
+        if row is None:
+            raise NotFound(f"no message {queue_id}")
+        return StoredMessage.from_row(row)
+
+    async def list_messages(self, *, states: Sequence[State] | None = None, submitter: str | None = None,
+                            since: float | None = None, origin: str | None = None,
+                            limit: int = 200, newest_first: bool = True) -> list[StoredMessage]:
+        stmt = select(*_SUMMARY_COLUMNS)
+        if states:
+            stmt = stmt.where(t.messages.c.state.in_([s.value for s in states]))
+        if submitter is not None:
+            stmt = stmt.where(t.messages.c.submitter == submitter)
+        if since is not None:
+            stmt = stmt.where(t.messages.c.created_at >= since)
+        if origin is not None:
+            stmt = stmt.where(t.messages.c.origin == origin)
+        order = t.messages.c.created_at.desc() if newest_first else t.messages.c.created_at
+        stmt = stmt.order_by(order).limit(limit)
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(stmt)).fetchall()
+        return [StoredMessage.from_row(r) for r in rows]
+
+    async def iter_messages(self, *, since: float, origin: str = "client",
+                            batch: int = 200) -> AsyncIterator[StoredMessage]:
+        """Every message since ``since`` that still has its bytes, oldest first (for replay)."""
+        after = ""
+        while True:
+            stmt = (select(*t.messages.c)
+                    .where(t.messages.c.created_at >= since, t.messages.c.origin == origin,
+                           t.messages.c.raw.is_not(None), t.messages.c.id > after)
+                    .order_by(t.messages.c.id).limit(batch))
+            async with self.engine.connect() as conn:
+                rows = (await conn.execute(stmt)).fetchall()
+            if not rows:
+                return
+            for row in rows:
+                yield StoredMessage.from_row(row)
+            after = rows[-1]._mapping["id"]
+
+    async def count_since(self, since: float, *, origin: str = "client") -> int:
+        stmt = (select(func.count()).select_from(t.messages)
+                .where(t.messages.c.created_at >= since, t.messages.c.origin == origin,
+                       t.messages.c.raw.is_not(None)))
+        async with self.engine.connect() as conn:
+            return int((await conn.execute(stmt)).scalar_one())
+
+    async def queue_stats(self) -> dict[str, Any]:
+        """Counts by state and the age of the oldest undelivered message (for metrics, readyz)."""
+        async with self.engine.connect() as conn:
+            counts = dict((await conn.execute(
+                select(t.messages.c.state, func.count()).group_by(t.messages.c.state))).fetchall())
+            oldest = (await conn.execute(
+                select(func.min(t.messages.c.created_at))
+                .where(t.messages.c.state == State.QUEUED.value))).scalar()
+        age = self.clock.now() - oldest if oldest is not None else 0.0
+        return {"counts": {str(k): int(v) for k, v in counts.items()}, "oldest_queued_age": age}
+
+    # -- dev-mode capture mailbox ------------------------------------------------------------
+
+    async def add_capture(self, *, queue_id: str, envelope: Envelope, raw: bytes) -> None:
+        async with self.begin() as conn:
+            await conn.execute(insert(t.capture).values(
+                at=self.clock.now(), queue_id=queue_id, mail_from=envelope.mail_from,
+                rcpts=json.dumps(list(envelope.rcpt_tos)), raw=raw))
+
+    async def list_capture(self, *, limit: int = 50) -> list[dict[str, Any]]:
+        stmt = select(*t.capture.c).order_by(t.capture.c.id.desc()).limit(limit)
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(stmt)).fetchall()
+        return [{"id": r.id, "at": r.at, "queue_id": r.queue_id, "mail_from": r.mail_from,
+                 "rcpts": json.loads(r.rcpts), "raw": r.raw} for r in rows]
+
+    async def clear_capture(self) -> int:
+        async with self.begin() as conn:
+            return int((await conn.execute(delete(t.capture))).rowcount)
+
+    # -- users -------------------------------------------------------------------------------
+
+    async def add_user(self, *, name: str, password_hash: str, role: str, email: str | None = None,
+                       replace: bool = False) -> None:
+        row = {"name": name, "password_hash": password_hash, "role": role, "email": email,
+               "created_at": self.clock.now(), "failed_logins": 0, "locked_until": None}
+        async with self.begin() as conn:
+            if replace:
+                await conn.execute(delete(t.users).where(t.users.c.name == name))
+            try:
+                await conn.execute(insert(t.users).values(**row))
+            except IntegrityError as exc:
+                raise ConflictError(f"user {name} already exists (use --replace to reset)") from exc
+
+    async def get_user(self, name: str) -> User | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(*t.users.c).where(t.users.c.name == name))).first()
+        return User.from_row(row) if row else None
+
+    async def list_users(self) -> list[User]:
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(select(*t.users.c).order_by(t.users.c.name))).fetchall()
+        return [User.from_row(r) for r in rows]
+
+    async def record_login(self, name: str, *, ok: bool, lock_after: int, lock_for: float) -> None:
+        """Count failures; ``lock_after`` failures in a row lock the account for ``lock_for`` s."""
+        async with self.begin() as conn:
+            if ok:
+                await conn.execute(update(t.users).where(t.users.c.name == name)
+                                   .values(failed_logins=0, locked_until=None))
+                return
+            await conn.execute(update(t.users).where(t.users.c.name == name)
+                               .values(failed_logins=t.users.c.failed_logins + 1))
+            failures = (await conn.execute(select(t.users.c.failed_logins)
+                                           .where(t.users.c.name == name))).scalar()
+            if failures is not None and failures >= lock_after:
+                await conn.execute(update(t.users).where(t.users.c.name == name)
+                                   .values(locked_until=self.clock.now() + lock_for, failed_logins=0))
