@@ -238,13 +238,13 @@ class Store:
     async def queue_stats(self) -> dict[str, Any]:
         """Counts by state and the age of the oldest undelivered message (for metrics, readyz)."""
         async with self.engine.connect() as conn:
-            counts = dict((await conn.execute(
-                select(t.messages.c.state, func.count()).group_by(t.messages.c.state))).fetchall())
+            rows = (await conn.execute(
+                select(t.messages.c.state, func.count()).group_by(t.messages.c.state))).fetchall()
             oldest = (await conn.execute(
                 select(func.min(t.messages.c.created_at))
                 .where(t.messages.c.state == State.QUEUED.value))).scalar()
         age = self.clock.now() - oldest if oldest is not None else 0.0
-        return {"counts": {str(k): int(v) for k, v in counts.items()}, "oldest_queued_age": age}
+        return {"counts": {str(r[0]): int(r[1]) for r in rows}, "oldest_queued_age": age}
 
     # -- dev-mode capture mailbox ------------------------------------------------------------
 
