@@ -115,6 +115,7 @@ class WebSettings(_Section):
 
 
 class DeliverySettings(_Section):
+    instance: str | None = None  # lease owner name; default host/listen, stable across restarts
     workers: int = Field(default=4, gt=0)  # concurrent upstream connections
     lease: timedelta = timedelta(minutes=5)  # a claimed message is claimed again after this
     retry_base: timedelta = timedelta(seconds=60)

@@ -87,6 +87,13 @@ class Store:
         except (OperationalError, DBAPIError, OSError) as exc:
             raise StoreError(f"store unavailable: {getattr(exc, 'orig', exc)}") from exc
 
+    async def execute(self, stmt: Any, conn: AsyncConnection | None = None) -> Any:
+        """Run ``stmt`` in the caller's transaction, or in a transaction of its own."""
+        if conn is not None:
+            return await conn.execute(stmt)
+        async with self.begin() as own:
+            return await own.execute(stmt)
+
     async def ping(self) -> None:
         async with self.engine.connect() as conn:
             await conn.execute(select(1))
@@ -114,11 +121,7 @@ class Store:
         """Commit one message with its decision; returns the queue id."""
         row = self._message_row(raw=raw, envelope=envelope, submitter=submitter, decision=decision,
                                 message_id=message_id, subject=subject, origin=origin, state=state)
-        if conn is not None:
-            await conn.execute(insert(t.messages).values(**row))
-        else:
-            async with self.begin() as own:
-                await own.execute(insert(t.messages).values(**row))
+        await self.execute(insert(t.messages).values(**row), conn)
         return str(row["id"])
 
     # -- the delivery queue ------------------------------------------------------------------
@@ -142,9 +145,16 @@ class Store:
             rows = (await conn.execute(stmt)).fetchall()
         return sorted((StoredMessage.from_row(r) for r in rows), key=lambda m: m.next_attempt_at or 0)
 
+    async def release_leases(self, owner: str) -> int:
+        """Free every lease ``owner`` holds: called at start-up by the instance of that name,
+        whose predecessor died holding them, so its mail need not wait for the leases to expire."""
+        stmt = (update(t.messages).where(t.messages.c.lease_owner == owner)
+                .values(lease_owner=None, lease_until=None))
+        return int((await self.execute(stmt)).rowcount)
+
     async def finish_attempt(self, queue_id: str, owner: str, *, state: State,
                              results: dict[str, dict[str, Any]], next_attempt_at: float | None,
-                             error: str | None) -> bool:
+                             error: str | None, conn: AsyncConnection | None = None) -> bool:
         """Record one delivery attempt; False when ``owner`` lost the lease meanwhile."""
         now = self.clock.now()
         values: dict[str, Any] = {
@@ -157,9 +167,7 @@ class Store:
         stmt = (update(t.messages)
                 .where(t.messages.c.id == queue_id, t.messages.c.lease_owner == owner)
                 .values(**values))
-        async with self.begin() as conn:
-            done = (await conn.execute(stmt)).rowcount
-        return bool(done)
+        return bool((await self.execute(stmt, conn)).rowcount)
 
     async def set_state(self, queue_id: str, state: State, *, expect: Iterable[State],
                         conn: AsyncConnection | None = None, **values: Any) -> None:
@@ -168,12 +176,7 @@ class Store:
         stmt = (update(t.messages)
                 .where(t.messages.c.id == queue_id, t.messages.c.state.in_(allowed))
                 .values(state=state.value, updated_at=self.clock.now(), **values))
-        if conn is not None:
-            changed = (await conn.execute(stmt)).rowcount
-        else:
-            async with self.begin() as own:
-                changed = (await own.execute(stmt)).rowcount
-        if not changed:
+        if not (await self.execute(stmt, conn)).rowcount:
             current = await self.get(queue_id, with_raw=False)
             raise ConflictError(f"message {queue_id} is {current.state.value}, not "
                                 f"{' or '.join(allowed)}")

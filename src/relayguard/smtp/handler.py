@@ -1,0 +1,150 @@
+"""The aiosmtpd handler: speaks SMTP, asks the engine, commits to the store, replies.
+
+The engine decides (a pure function run off the event loop); this module only maps the
+``Decision`` to a reply (:func:`reply_for`). Every path that has not committed the message
+answers 4xx or 5xx, never 250.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from email.parser import BytesHeaderParser
+from email.policy import compat32
+from typing import Any
+
+from aiosmtpd.smtp import SMTP, Envelope as SmtpEnvelope, Session
+
+from relayguard.decision import Action, Decision, Envelope, Submitter, SubmitterKind
+from relayguard.errors import StoreError
+from relayguard.log import get_logger, safe
+from relayguard.smtp.addresses import address_problem, domain_of
+
+log = get_logger("relayguard.smtp")
+
+# decide(raw, envelope, submitter) -> Decision; runs in an executor (CPU-bound scanning).
+Decider = Callable[[bytes, Envelope, Submitter], Decision]
+# commit(raw, envelope, submitter, decision, message_id, subject) -> queue id, in ONE transaction.
+Committer = Callable[[bytes, Envelope, Submitter, Decision, str | None, str | None], Awaitable[str]]
+
+_HEADER_PARSER = BytesHeaderParser(policy=compat32)
+
+
+@dataclass(frozen=True, slots=True)
+class FrontLimits:
+    max_recipients: int
+    trusted_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+
+
+def reply_for(decision: Decision, queue_id: str) -> str:
+    """The one place a Decision becomes an SMTP reply."""
+    if decision.action is Action.REJECT:
+        text = safe(decision.reply or "Message refused by policy", 300)
+        return f"550 5.7.1 {text}"
+    if decision.action is Action.HOLD:
+        return f"250 2.0.0 Ok: held for review as {queue_id}"
+    return f"250 2.0.0 Ok: queued as {queue_id}"
+
+
+def _headers_of(raw: bytes) -> tuple[str | None, str | None]:
+    """Message-ID and Subject, for the log and the store (the header block only)."""
+    end = raw.find(b"\r\n\r\n")
+    head = raw if end < 0 else raw[: end + 2]
+    msg = _HEADER_PARSER.parsebytes(head[:256 * 1024])
+    mid, subject = msg.get("Message-ID"), msg.get("Subject")
+    return (safe(str(mid).strip(), 300) if mid else None,
+            safe(str(subject).strip(), 500) if subject else None)
+
+
+def _peer_ip(session: Session) -> str:
+    peer = session.peer
+    return str(peer[0]) if isinstance(peer, tuple) and peer else str(peer or "")
+
+
+class RelayHandler:
+    """aiosmtpd hooks: ``handle_<VERB>`` returns the reply text."""
+
+    def __init__(self, *, limits: FrontLimits, decide: Decider, commit: Committer,
+                 executor: Any = None, on_accepted: Callable[[], None] | None = None) -> None:
+        self.limits = limits
+        self.decide = decide
+        self.commit = commit
+        self.executor = executor
+        self.on_accepted = on_accepted or (lambda: None)
+
+    def is_trusted(self, session: Session) -> bool:
+        try:
+            ip = ipaddress.ip_address(_peer_ip(session))
+        except ValueError:
+            return False
+        return any(ip in net for net in self.limits.trusted_networks)
+
+    def submitter_of(self, session: Session, envelope: SmtpEnvelope) -> Submitter:
+        ip = _peer_ip(session)
+        if session.authenticated and session.auth_data:
+            return Submitter(name=str(session.auth_data), kind=SubmitterKind.USER, client_addr=ip)
+        return Submitter(name=envelope.mail_from or f"<>@{ip}", kind=SubmitterKind.NETWORK,
+                         client_addr=ip)
+
+    async def handle_MAIL(self, server: SMTP, session: Session, envelope: SmtpEnvelope,  # noqa: N802
+                          address: str, mail_options: list[str]) -> str:
+        if not session.authenticated and not self.is_trusted(session):
+            return "530 5.7.0 Authentication required"
+        utf8 = "SMTPUTF8" in (o.upper() for o in mail_options)
+        if address and (problem := address_problem(address, utf8=utf8)):
+            return f"553 5.1.7 Sender address refused: {problem}"
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 2.1.0 Sender ok"
+
+    async def handle_RCPT(self, server: SMTP, session: Session, envelope: SmtpEnvelope,  # noqa: N802
+                          address: str, rcpt_options: list[str]) -> str:
+        if not session.authenticated and not self.is_trusted(session):
+            return "554 5.7.1 Relay access denied"
+        if len(envelope.rcpt_tos) >= self.limits.max_recipients:
+            return "452 4.5.3 Too many recipients"
+        utf8 = "SMTPUTF8" in (o.upper() for o in envelope.mail_options)
+        if problem := address_problem(address, utf8=utf8):
+            return f"553 5.1.3 Recipient address refused: {problem}"
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        return "250 2.1.5 Recipient ok"
+
+    async def handle_DATA(self, server: SMTP, session: Session,  # noqa: N802
+                          envelope: SmtpEnvelope) -> str:
+        started = time.perf_counter()
+        raw = envelope.original_content or b""
+        env = Envelope(mail_from=envelope.mail_from or "", rcpt_tos=tuple(envelope.rcpt_tos))
+        submitter = self.submitter_of(session, envelope)
+        message_id, subject = _headers_of(raw)
+        loop = asyncio.get_running_loop()
+        decision = await loop.run_in_executor(self.executor, self.decide, raw, env, submitter)
+        try:
+            queue_id = await self.commit(raw, env, submitter, decision, message_id, subject)
+        except StoreError as exc:
+            log.error("smtp.transaction", outcome="store_failed", error=safe(str(exc)),
+                      message_id=message_id, submitter=safe(submitter.name))
+            return "451 4.3.0 Temporary failure storing the message; please retry"
+        if decision.action is not Action.REJECT:
+            self.on_accepted()
+        reply = reply_for(decision, queue_id)
+        log.info("smtp.transaction", queue_id=queue_id, message_id=message_id,
+                 submitter=safe(submitter.name), submitter_kind=submitter.kind.value,
+                 client=submitter.client_addr, size=len(raw), rcpt_count=len(env.rcpt_tos),
+                 rcpt_domains=sorted({domain_of(r) for r in env.rcpt_tos})[:50],
+                 action=decision.action.value,
+                 rewrite=decision.rewrite.value if decision.rewrite else None,
+                 rules=list(decision.rules),
+                 findings={f.kind: f.count for f in decision.findings},
+                 policy_version=decision.policy_version[:12], reply=reply[:3],
+                 duration_ms=round((time.perf_counter() - started) * 1000, 2))
+        return reply
+
+    async def handle_exception(self, error: Exception) -> str:
+        # aiosmtpd's default is a permanent 500 that echoes the exception text to the client.
+        # An internal fault is our problem, not the message's: 451 makes the client retry.
+        log.error("smtp.exception", error_type=type(error).__name__)
+        return "451 4.3.0 Temporary internal error; please retry"

@@ -1,0 +1,135 @@
+"""The SMTP listener: aiosmtpd's protocol with our AUTH, session limits and TLS settings."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
+
+from relayguard.config import SmtpSettings, parse_listen
+from relayguard.errors import AuthError
+from relayguard.log import get_logger, safe
+from relayguard.smtp.handler import RelayHandler
+
+log = get_logger("relayguard.smtp")
+
+# verify(name, password, client_ip) -> account name; raises AuthError.
+Verifier = Callable[[str, str, str], Awaitable[str]]
+
+
+def _extract_only(server: SMTP, session: Any, envelope: Any, mechanism: str,
+                  auth_data: Any) -> AuthResult:
+    """aiosmtpd's built-in PLAIN/LOGIN parsers call this synchronously: we only take the
+    credentials here and check them asynchronously in :meth:`RelaySMTP._verified`."""
+    return AuthResult(success=True, auth_data=auth_data)
+
+
+class SessionLimiter:
+    """Counts open sessions, in all and per client address."""
+
+    def __init__(self, *, total: int, per_ip: int) -> None:
+        self.total, self.per_ip = total, per_ip
+        self.open: Counter[str] = Counter()
+
+    def admit(self, ip: str) -> bool:
+        if sum(self.open.values()) >= self.total or self.open[ip] >= self.per_ip:
+            return False
+        self.open[ip] += 1
+        return True
+
+    def release(self, ip: str) -> None:
+        self.open[ip] -= 1
+        if self.open[ip] <= 0:
+            del self.open[ip]
+
+
+class RelaySMTP(SMTP):
+    def __init__(self, handler: RelayHandler, *, settings: SmtpSettings, verify: Verifier,
+                 limiter: SessionLimiter, tls_context: ssl.SSLContext | None) -> None:
+        # Read by SMTP.__init__ to size the stream reader: longer DATA lines get 500.
+        self.line_length_limit = settings.max_line_length + 2
+        super().__init__(
+            handler,
+            data_size_limit=settings.max_message_size,
+            enable_SMTPUTF8=True,
+            decode_data=False,
+            hostname=settings.hostname,
+            ident="relayguard ESMTP",
+            tls_context=tls_context,
+            require_starttls=False,  # trusted clinical systems may relay in clear on the LAN
+            auth_required=False,  # enforced per command in the handler (trusted networks skip it)
+            auth_require_tls=True,  # AUTH is neither offered nor accepted before STARTTLS
+            authenticator=_extract_only,
+            timeout=settings.timeout,
+            command_call_limit={"AUTH": 5, "*": 10000},
+        )
+        self._verify = verify
+        self._limiter = limiter
+        self._admitted_ip: str | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        first = self._original_transport is None and self.transport is None
+        super().connection_made(transport)
+        if not first:
+            return  # the STARTTLS upgrade of a session already counted
+        ip = str((transport.get_extra_info("peername") or ("",))[0])
+        if self._limiter.admit(ip):
+            self._admitted_ip = ip
+            return
+        log.warning("smtp.session_refused", client=ip, reason="too many sessions")
+        if self._handler_coroutine is not None:
+            self._handler_coroutine.cancel()  # before it greets: the client gets only the 421
+        assert isinstance(transport, asyncio.Transport)
+        transport.write(b"421 4.7.0 Too many connections, try again later\r\n")
+        transport.close()
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self._admitted_ip is not None:
+            self._limiter.release(self._admitted_ip)
+            self._admitted_ip = None
+        super().connection_lost(error)
+
+    async def _verified(self, result: AuthResult) -> AuthResult:
+        if not result.success or not isinstance(result.auth_data, LoginPassword):
+            return result
+        creds: LoginPassword = result.auth_data
+        name = creds.login.decode("utf-8", "replace")
+        ip = str(self.session.peer[0]) if self.session and self.session.peer else ""
+        try:
+            account = await self._verify(name, creds.password.decode("utf-8", "replace"), ip)
+        except AuthError as exc:
+            log.warning("smtp.auth_failed", user=safe(name), client=ip, reason=str(exc))
+            return AuthResult(success=False, handled=False,
+                              message="535 5.7.8 Authentication credentials invalid")
+        return AuthResult(success=True, auth_data=account)
+
+    async def auth_PLAIN(self, _: Any, args: list[str]) -> AuthResult:  # noqa: N802
+        return await self._verified(await super().auth_PLAIN(_, args))
+
+    async def auth_LOGIN(self, _: Any, args: list[str]) -> AuthResult:  # noqa: N802
+        return await self._verified(await super().auth_LOGIN(_, args))
+
+
+def tls_context(settings: SmtpSettings) -> ssl.SSLContext | None:
+    if not settings.tls_cert or not settings.tls_key:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(Path(settings.tls_cert), Path(settings.tls_key))
+    return ctx
+
+
+async def start_server(handler: RelayHandler, *, settings: SmtpSettings,
+                       verify: Verifier) -> asyncio.Server:
+    host, port = parse_listen(settings.listen, default_port=2525)
+    limiter = SessionLimiter(total=settings.max_sessions, per_ip=settings.max_sessions_per_ip)
+    ctx = tls_context(settings)
+    loop = asyncio.get_running_loop()
+    return await loop.create_server(
+        lambda: RelaySMTP(handler, settings=settings, verify=verify, limiter=limiter, tls_context=ctx),
+        host=host, port=port, reuse_address=True)

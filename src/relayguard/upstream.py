@@ -1,0 +1,120 @@
+"""The one outbound I/O boundary: hand a message to the upstream relay.
+
+``SmtpUpstream`` speaks SMTP with aiosmtplib over a reused connection; ``CaptureUpstream`` keeps
+mail in the store's capture mailbox (dev mode, no upstream configured). Foreign exceptions are
+translated here into :class:`DeliveryError` carrying the upstream's code.
+"""
+
+from __future__ import annotations
+
+import ssl
+from typing import Protocol
+
+import aiosmtplib
+
+from relayguard.config import UpstreamSettings, UpstreamTls
+from relayguard.decision import Envelope
+from relayguard.errors import DeliveryError
+from relayguard.store import Store
+
+# rcpt -> (code, reply text)
+Results = dict[str, tuple[int, str]]
+
+
+class Upstream(Protocol):
+    async def send(self, envelope: Envelope, raw: bytes, *, queue_id: str) -> Results: ...
+
+    async def close(self) -> None: ...
+
+
+def _text(resp: object) -> str:
+    return str(getattr(resp, "message", resp))[:300]
+
+
+class SmtpUpstream:
+    """One SMTP connection to the upstream, opened lazily and reused for many messages."""
+
+    def __init__(self, settings: UpstreamSettings) -> None:
+        self.settings = settings
+        self._client: aiosmtplib.SMTP | None = None
+
+    def _new_client(self) -> aiosmtplib.SMTP:
+        s = self.settings
+        tls_context = None
+        if s.tls is not UpstreamTls.NONE and s.verify:
+            tls_context = ssl.create_default_context(cafile=str(s.ca_file) if s.ca_file else None)
+        return aiosmtplib.SMTP(
+            hostname=s.host, port=s.port, local_hostname=s.helo, timeout=s.timeout,
+            use_tls=s.tls is UpstreamTls.IMPLICIT,
+            # True means REQUIRED: aiosmtplib's default (None) would fall back to clear text.
+            start_tls=True if s.tls is UpstreamTls.STARTTLS else False,
+            validate_certs=s.verify, tls_context=tls_context,
+            username=s.username, password=s.password,
+        )
+
+    async def _connected(self) -> aiosmtplib.SMTP:
+        if self._client is None or not self._client.is_connected:
+            self._client = self._new_client()
+            await self._client.connect()
+        return self._client
+
+    async def send(self, envelope: Envelope, raw: bytes, *, queue_id: str) -> Results:
+        try:
+            return await self._send_once(envelope, raw)
+        except aiosmtplib.SMTPServerDisconnected:
+            # A reused connection the upstream closed while idle: one fresh try.
+            await self.close()
+        try:
+            return await self._send_once(envelope, raw)
+        except aiosmtplib.SMTPServerDisconnected as exc:
+            await self.close()
+            raise DeliveryError(f"upstream disconnected: {exc}") from exc
+
+    async def _send_once(self, envelope: Envelope, raw: bytes) -> Results:
+        try:
+            client = await self._connected()
+            refused, _ = await client.sendmail(envelope.mail_from, list(envelope.rcpt_tos), raw)
+        except aiosmtplib.SMTPRecipientsRefused as exc:
+            return {r.recipient: (r.code, _text(r)) for r in exc.recipients}
+        except aiosmtplib.SMTPServerDisconnected:
+            raise
+        except aiosmtplib.SMTPResponseException as exc:
+            await self._reset()
+            raise DeliveryError(f"upstream said {exc.code} {exc.message}"[:300], code=exc.code,
+                                permanent=500 <= exc.code < 600) from exc
+        except (aiosmtplib.SMTPException, OSError, ssl.SSLError) as exc:
+            await self.close()
+            raise DeliveryError(f"upstream unreachable: {type(exc).__name__}: {exc}"[:300]) from exc
+        results: Results = {r: (250, "ok") for r in envelope.rcpt_tos}
+        for rcpt, resp in refused.items():
+            results[rcpt] = (resp.code, _text(resp))
+        return results
+
+    async def _reset(self) -> None:
+        if self._client is not None and self._client.is_connected:
+            try:
+                await self._client.rset()
+            except aiosmtplib.SMTPException:
+                await self.close()
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None and client.is_connected:
+            try:
+                await client.quit()
+            except (aiosmtplib.SMTPException, OSError):
+                client.close()
+
+
+class CaptureUpstream:
+    """Dev mode: 'delivers' into the store's capture mailbox (``relayguard capture list``)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    async def send(self, envelope: Envelope, raw: bytes, *, queue_id: str) -> Results:
+        await self.store.add_capture(queue_id=queue_id, envelope=envelope, raw=raw)
+        return {r: (250, "captured") for r in envelope.rcpt_tos}
+
+    async def close(self) -> None:
+        return None
