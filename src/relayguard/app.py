@@ -19,6 +19,8 @@ from relayguard.config import Settings, parse_listen
 from relayguard.decision import Action, Decision, Envelope, Submitter
 from relayguard.delivery import DeliveryWorker
 from relayguard.log import get_logger
+from relayguard.policy import engine
+from relayguard.policy.loader import LoadedPolicy, load_policy
 from relayguard.smtp import FrontLimits, RelayHandler, start_server
 from relayguard.store import Store, open_store
 from relayguard.upstream import CaptureUpstream, SmtpUpstream, Upstream
@@ -38,6 +40,8 @@ class Relay:
         self.worker: DeliveryWorker | None = None
         self._server: asyncio.AbstractServer | None = None
         self._tasks: list[asyncio.Task[Any]] = []
+        # Loaded here, not in start(): a broken policy stops `serve` before it listens.
+        self.policy: LoadedPolicy = load_policy(settings.policy.path)
 
     # -- the pieces --------------------------------------------------------------------------
 
@@ -54,8 +58,8 @@ class Relay:
         return lambda: SmtpUpstream(upstream)
 
     def decide(self, raw: bytes, envelope: Envelope, submitter: Submitter) -> Decision:
-        """Until a policy is loaded every message is delivered unchanged."""
-        return Decision()
+        """The pure engine over the policy in force (runs in an executor thread)."""
+        return engine.decide(raw, envelope, submitter, self.policy, limits=self.settings.scan)
 
     async def commit(self, raw: bytes, envelope: Envelope, submitter: Submitter, decision: Decision,
                      message_id: str | None, subject: str | None) -> str:

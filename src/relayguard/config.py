@@ -36,8 +36,9 @@ def parse_listen(value: str, *, default_port: int) -> tuple[str, int]:
     if not sep:
         return value, default_port
     host = host.strip("[]")
-    if not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"port must be 1-65535 in {value!r}")
+    # Port 0 asks the OS for a free port (tests).
+    if not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ValueError(f"port must be 0-65535 in {value!r}")
     return host or "127.0.0.1", int(port)
 
 

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import typer
 
+from relayguard.cli import audit as audit_cli
+from relayguard.cli import capture as capture_cli
 from relayguard.cli import policy as policy_cli
+from relayguard.cli import quarantine as quarantine_cli
 from relayguard.cli import serve as serve_cli
+from relayguard.cli import users as users_cli
 
 app = typer.Typer(
     name="relayguard",
@@ -16,6 +20,10 @@ app = typer.Typer(
 )
 serve_cli.register(app)
 app.add_typer(policy_cli.app, name="policy")
+app.add_typer(capture_cli.app, name="capture")
+app.add_typer(quarantine_cli.app, name="quarantine")
+app.add_typer(audit_cli.app, name="audit")
+app.add_typer(users_cli.app, name="users")
 
 
 def main() -> None:

@@ -10,12 +10,16 @@ import typer
 from relayguard import log as logging_setup
 from relayguard.cli.common import ConfigOption, fail, settings_or_exit
 from relayguard.config import Settings
+from relayguard.errors import PolicyError
 
 
 async def _serve(settings: Settings) -> None:
     from relayguard.app import Relay  # noqa: PLC0415 - keep `relayguard --help` fast
 
-    relay = Relay(settings)
+    try:
+        relay = Relay(settings)
+    except PolicyError as exc:
+        fail(f"policy not loaded: {exc}", code=2)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

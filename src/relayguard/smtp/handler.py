@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import time
+import traceback
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from email.parser import BytesHeaderParser
@@ -146,5 +147,8 @@ class RelayHandler:
     async def handle_exception(self, error: Exception) -> str:
         # aiosmtpd's default is a permanent 500 that echoes the exception text to the client.
         # An internal fault is our problem, not the message's: 451 makes the client retry.
-        log.error("smtp.exception", error_type=type(error).__name__)
+        # The type and the innermost frame locate the fault; the message text could echo content.
+        frame = traceback.extract_tb(error.__traceback__)[-1:] if error.__traceback__ else []
+        where = f"{frame[0].filename.rsplit('/', 1)[-1]}:{frame[0].lineno}" if frame else ""
+        log.error("smtp.exception", error_type=type(error).__name__, where=where)
         return "451 4.3.0 Temporary internal error; please retry"
