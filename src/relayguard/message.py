@@ -29,7 +29,8 @@ from relayguard.decision import Envelope, Finding
 
 # Headers whose addresses every recipient of the message as it stands can read. Bcc is included:
 # an SMTP relay does not strip a Bcc header a client left in, so its addresses are visible too.
-VISIBLE_HEADERS = ("to", "cc", "bcc", "resent-to", "resent-cc", "resent-bcc", "apparently-to")
+VISIBLE_HEADERS = frozenset({"to", "cc", "bcc", "resent-to", "resent-cc", "resent-bcc", "apparently-to",
+                             "mail-followup-to"})
 
 ADDRESS_DEFECT = "address_defect"
 HEADER_DEFECT = "header_defect"

@@ -151,7 +151,7 @@ def _compose(text: str, source: str) -> yaml.Node | None:
         return loader.get_single_node()
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
-        reason = " ".join(p for p in (exc.context, exc.problem) if p) or "invalid YAML"
+        reason = ": ".join(p for p in (exc.context, exc.problem) if p) or "invalid YAML"
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
         raise PolicyFileError([Issue(source, line, col, f"YAML syntax: {reason}")]) from None
     except yaml.YAMLError as exc:
@@ -292,8 +292,11 @@ def parse_policy(data: bytes, source: str) -> LoadedPolicy:
     if issues:
         raise PolicyFileError(issues)
     groups = {g: frozenset(n.lower() for n in names) for g, names in pol.groups.items()}
-    return LoadedPolicy(pol, hashlib.sha256(data).hexdigest(), source, _domain_table(pol), groups,
-                        _custom_detectors(pol))
+    try:
+        custom = _custom_detectors(pol)
+    except ValueError as exc:  # the detectors' own checks, should they be stricter than ours
+        raise PolicyFileError([marks.issue(("patterns",), str(exc))]) from None
+    return LoadedPolicy(pol, hashlib.sha256(data).hexdigest(), source, _domain_table(pol), groups, custom)
 
 
 def _custom_detectors(pol: model.Policy) -> Any:

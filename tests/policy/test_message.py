@@ -1,0 +1,113 @@
+"""The parsed view of a message: visible recipients, defects, attachments."""
+
+from __future__ import annotations
+
+import email
+
+import pytest
+
+from relayguard.config import ScanSettings
+from relayguard.decision import Envelope
+from relayguard.message import hidden_recipients, parse_message, split_header_block
+
+from .conftest import eml
+
+LIMITS = ScanSettings()
+
+
+def visible(raw: bytes) -> list[str]:
+    return [r.address for r in parse_message(raw, LIMITS).visible]
+
+
+def test_every_duplicate_cc_header_counts() -> None:
+    """Recipients in a second and third Cc header are counted, not just the first."""
+    raw = eml("To: a@x.org", "Cc: b@y.org", "Cc: c@z.org", "CC: d@w.org")
+    assert visible(raw) == ["a@x.org", "b@y.org", "c@z.org", "d@w.org"]
+
+
+def test_resent_and_folded_headers_count() -> None:
+    """Resent-To/Resent-Cc are visible recipients and folded lists are read whole."""
+    raw = eml("To: a@x.org,\r\n\tb@x.org", "Resent-To: r@y.org", "Resent-Cc: s@y.org")
+    assert visible(raw) == ["a@x.org", "b@x.org", "r@y.org", "s@y.org"]
+
+
+def test_group_syntax_yields_members_and_undisclosed_yields_none() -> None:
+    """A named group contributes its members; ``undisclosed-recipients:;`` contributes nobody."""
+    raw = eml("To: Board: one@x.org, Two <two@y.org>;, three@z.org", "Cc: undisclosed-recipients:;")
+    assert visible(raw) == ["one@x.org", "two@y.org", "three@z.org"]
+    assert parse_message(raw, LIMITS).defects == ()
+
+
+def test_encoded_display_names_and_case_and_idn_are_normalised() -> None:
+    """RFC 2047 names parse, domains are lower-cased and IDN domains compared in punycode."""
+    raw = eml("To: =?utf-8?q?J=C3=B6rg_M=C3=BCller?= <Jorg@EXAMPLE.ORG>", "Cc: hans@Bücher.DE")
+    assert visible(raw) == ["jorg@example.org", "hans@xn--bcher-kva.de"]
+
+
+def test_obsolete_space_before_colon_counts_and_keeps_mime() -> None:
+    """``CC : x@y`` is a Cc header (obsolete syntax), and the fields after it still parse."""
+    raw = eml("CC : hidden@gmail.com", "Content-Type: text/html", body="<p>hi</p>\r\n")
+    parsed = parse_message(raw, LIMITS)
+    assert [r.address for r in parsed.visible] == ["hidden@gmail.com"]
+    assert parsed.msg is not None and parsed.msg.get_content_type() == "text/html"
+
+
+@pytest.mark.parametrize("value", ["foo", "a@b.org, <<broken", "x@", "a@b.org (c) d@e.org", "a@exa mple.org"])
+def test_malformed_address_header_is_a_defect_and_an_external_recipient(value: str) -> None:
+    """An address list that does not parse becomes an address_defect and a domain-less recipient."""
+    parsed = parse_message(eml(f"To: {value}"), LIMITS)
+    assert [f.kind for f in parsed.defects] == ["address_defect"]
+    assert any(r.malformed for r in parsed.visible)
+
+
+def test_bare_cr_in_address_header_is_a_defect() -> None:
+    """A bare CR inside a Cc field (a smuggling attempt) is an address defect."""
+    raw = b"From: a@x.org\r\nCc: b@y.org\rBcc: c@z.org\r\n\r\nbody\r\n"
+    assert [f.kind for f in parse_message(raw, LIMITS).defects] == ["address_defect"]
+
+
+def test_junk_line_in_header_block_is_a_header_defect() -> None:
+    """A line that is neither a field nor a continuation is reported, not silently skipped."""
+    raw = b"From: a@x.org\r\nthis is not a header\r\nTo: b@y.org\r\n\r\nbody\r\n"
+    parsed = parse_message(raw, LIMITS)
+    assert [f.kind for f in parsed.defects] == ["header_defect"]
+    assert [r.address for r in parsed.visible] == ["b@y.org"]
+
+
+def test_parser_crash_becomes_unscannable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A RecursionError inside the stdlib parser yields an unscannable finding, not an exception."""
+    def explode(*args: object, **kwargs: object) -> None:
+        raise RecursionError("deep")
+    monkeypatch.setattr(email, "message_from_bytes", explode)
+    parsed = parse_message(eml("To: a@x.org"), LIMITS)
+    assert parsed.msg is None
+    assert [f.kind for f in parsed.defects] == ["unscannable"]
+
+
+def test_hidden_recipients_are_envelope_only() -> None:
+    """Envelope recipients not named in any visible header are the hidden (BCC) ones."""
+    parsed = parse_message(eml("To: A <a@X.org>"), LIMITS)
+    env = Envelope("s@x.org", ("a@x.org", "Secret@Gmail.com"))
+    assert hidden_recipients(parsed, env) == ("Secret@Gmail.com",)
+
+
+def test_subject_message_id_attachments_and_size() -> None:
+    """Subject is decoded, and attachment names and types are listed."""
+    raw = eml("Subject: =?utf-8?q?Caf=C3=A9?=", "Message-ID: <m1@x>", "MIME-Version: 1.0",
+              'Content-Type: multipart/mixed; boundary="b"',
+              body='--b\r\nContent-Type: text/plain\r\n\r\nhi\r\n--b\r\nContent-Type: application/zip\r\n'
+                   'Content-Disposition: attachment; filename="list.zip"\r\n\r\nPK\r\n--b--\r\n')
+    parsed = parse_message(raw, LIMITS)
+    assert parsed.subject == "Café"
+    assert parsed.message_id == "<m1@x>"
+    assert [(a.filename, a.content_type) for a in parsed.attachments] == [("list.zip", "application/zip")]
+    assert parsed.size == len(raw)
+
+
+def test_header_block_ends_at_first_blank_line_and_keeps_body_bytes() -> None:
+    """The split keeps the body byte for byte, blank line included, with LF-only input too."""
+    raw = b"To: a@b.org\nSubject: x\n\nTo: not@header.org\n"
+    block = split_header_block(raw)
+    assert [f.name for f in block.fields] == ["To", "Subject"]
+    assert block.body == b"\nTo: not@header.org\n"
+    assert block.newline == b"\n"
