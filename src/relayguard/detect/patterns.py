@@ -1,0 +1,51 @@
+"""Compiled patterns shared by the detectors (stdlib ``re``: faster than ``regex`` here)."""
+
+from __future__ import annotations
+
+import re
+
+# Ten digits as 3-3-4 (plain, spaced or dashed, one separator throughout) or CHI's 6-4. Not part
+# of a longer digit run and not next to a decimal point or thousands comma.
+ID_RE = re.compile(
+    r"(?<!\d)(?<!\d[.,])"
+    r"(?:\d{3}([ -]?)\d{3}\1\d{4}|\d{6}[ -]\d{4})"
+    r"(?!\d)(?![.,]\d)"
+)
+# Words that make a nearby ten-digit number an identifier rather than an order reference.
+CUE_RE = re.compile(
+    r"\b(?:nhs|chi|h\s?&\s?c|h\+c|hcn|patients?|hospital\s+(?:no|number)|mrn|dob|d\.o\.b"
+    r"|date\s+of\s+birth|born|community\s+health\s+index|health\s+and\s+care)\b",
+    re.I,
+)
+CUE_WINDOW = 60  # characters either side of a number in which a cue word counts
+
+# Column headers that name an identifier column or a date-of-birth column.
+ID_HEADER_RE = re.compile(
+    r"nhs|\bchi\b|h\s?&\s?c|\bhcn\b|health\s+and\s+care|patient\s*(?:id|no|num)|hospital\s*(?:no|num)"
+    r"|\bmrn\b",
+    re.I,
+)
+DOB_HEADER_RE = re.compile(r"\bdob\b|d\.o\.b|birth|\bborn\b", re.I)
+
+DOB_CUE_RE = re.compile(r"\b(?:dob|d\.o\.b\.?|date\s+of\s+birth|birth\s*date|born(?:\s+on)?)(?!\w)", re.I)
+DOB_BEFORE = 30  # a date this far before a cue ("02/03/1951 (DOB)") counts
+DOB_AFTER = 40  # a date this far after a cue ("DOB: 02/03/1951") counts
+
+_MONTHS = (
+    "jan(?:uary)?|feb(?:ruary)?|mar(?:ch)?|apr(?:il)?|may|june?|july?|aug(?:ust)?"
+    "|sep(?:t(?:ember)?)?|oct(?:ober)?|nov(?:ember)?|dec(?:ember)?"
+)
+MONTH_NUMBERS = {name: i for i, name in enumerate(
+    ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"), start=1)}
+DATE_RE = re.compile(
+    r"(?<![\d/.-])(?P<d>\d{1,2})(?P<s>[/.-])(?P<m>\d{1,2})(?P=s)(?P<y>\d{4}|\d{2})(?![\d/])"
+    r"|(?<![\d/.-])(?P<iy>\d{4})-(?P<im>\d{2})-(?P<id>\d{2})(?![\d-])"
+    rf"|\b(?P<td>\d{{1,2}})(?:st|nd|rd|th)?\s+(?P<tm>{_MONTHS})\.?,?\s+(?P<ty>\d{{4}})\b",
+    re.I,
+)
+
+# UK postcode: outward code (A9, A99, A9A, AA9, AA99, AA9A) then inward code (9AA).
+POSTCODE_RE = re.compile(
+    r"\b(?P<out>[A-Z]{1,2}\d[A-Z\d]?|GIR)\s?(?P<in>\d[ABD-HJLNP-UW-Z]{2})\b",
+    re.I,
+)

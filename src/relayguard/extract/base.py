@@ -1,0 +1,121 @@
+"""The vocabulary every extractor shares: text units, problems, the per-message budget.
+
+An extractor turns the bytes of one part into a stream of :data:`Item`: :class:`TextUnit` for text
+the detectors should read, :class:`Problem` for a place that could not be read. Containers (zip,
+message) report a problem for one member and carry on with the others; a format that cannot be
+read at all raises :class:`UnscannableError`, which the dispatcher turns into a :class:`Problem`.
+
+Exceptions (all under :class:`relayguard.errors.RelayguardError`):
+
+- UnscannableError         this place cannot be scanned; ``reason`` is safe to show (no content)
+    - BudgetExceededError  the message's time budget is spent: the whole scan stops
+"""
+
+from __future__ import annotations
+
+import time
+from bisect import bisect_right
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from relayguard.config import ScanSettings
+from relayguard.errors import RelayguardError
+
+
+class UnscannableError(RelayguardError):
+    """A place could not be scanned. The message is the reason and never quotes content."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class BudgetExceededError(UnscannableError):
+    """The time budget for the message is spent; scanning stops everywhere."""
+
+    def __init__(self) -> None:
+        super().__init__("time budget exceeded")
+
+
+@dataclass(frozen=True, slots=True)
+class Cells:
+    """Where each cell of a tabular :class:`TextUnit` starts, its reference and column header.
+
+    Rows are joined with newlines and cells with tabs, so "same row" is "same line" for the
+    detectors; these parallel lists let a match be traced back to its cell and header.
+    """
+
+    starts: list[int]  # offset of each cell in the unit's text, ascending
+    refs: list[str]  # "C14" (spreadsheets) or "" where a source has no cell names
+    headers: list[str | None]  # the column header of each cell, when the source has one
+    sep: str = "!"  # joins the unit's place and a cell ref: "Data!C14"
+
+    def index(self, pos: int) -> int:
+        """The index of the cell holding offset ``pos`` (-1 before the first cell)."""
+        return bisect_right(self.starts, pos) - 1
+
+
+@dataclass(frozen=True, slots=True)
+class TextUnit:
+    """A run of extracted text from one place (``where``), optionally with cell structure."""
+
+    where: str
+    text: str
+    cells: Cells | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """A place that could not be scanned, with a reason that is safe to log."""
+
+    where: str
+    reason: str
+
+
+Item = TextUnit | Problem
+
+
+@dataclass(slots=True)
+class Budget:
+    """The bounds of one scan: the limits, a monotonic deadline and running totals."""
+
+    limits: ScanSettings
+    deadline: float = 0.0
+    parts: int = 0  # MIME parts seen
+    members: int = 0  # archive members opened, across all archives
+    decoded: int = 0  # bytes decoded or decompressed so far
+    _stopped: bool = field(default=False, repr=False)
+
+    @classmethod
+    def start(cls, limits: ScanSettings) -> Budget:
+        return cls(limits=limits, deadline=time.monotonic() + limits.time_budget)
+
+    def check_time(self) -> None:
+        """Raise :class:`BudgetExceededError` once the deadline has passed."""
+        if time.monotonic() > self.deadline:
+            raise BudgetExceededError
+
+    def remaining(self) -> float:
+        return max(0.0, self.deadline - time.monotonic())
+
+    def add_decoded(self, n: int) -> None:
+        """Count ``n`` more decoded bytes against the per-message total."""
+        self.decoded += n
+        if self.decoded > self.limits.max_decoded_bytes:
+            raise UnscannableError("message over decoded size limit")
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """One part or member to extract: its bytes and what the sender claims it is."""
+
+    data: bytes
+    where: str  # the place, e.g. "attachment:a.zip/b.csv"
+    name: str = ""  # filename claimed by the sender (a hint, never the decision)
+    ctype: str = ""  # Content-Type claimed by the sender (a hint, never the decision)
+    depth: int = 0  # nesting of archives and messages above this one
+    charset: str | None = None  # declared charset, for text
+
+
+Dispatch = Callable[[Source, Budget], Iterator[Item]]
+"""Extract any part: containers call back into the dispatcher for their members."""

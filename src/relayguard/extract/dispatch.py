@@ -1,0 +1,65 @@
+"""Pick an extractor by content and turn any failure to read into an ``unscannable`` problem."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from relayguard.extract import archive, csvfile, message, odf, ooxml, pdf, text
+from relayguard.extract.base import Budget, BudgetExceededError, Item, Problem, Source, UnscannableError
+from relayguard.extract.sniff import Format, claimed_type, sniff
+
+Handler = Callable[[Source, Budget], Iterator[Item]]
+
+
+def _message(src: Source, budget: Budget) -> Iterator[Item]:
+    if src.depth + 1 > budget.limits.max_depth:
+        raise UnscannableError("nesting too deep")
+    msg = message.parse_message(src.data)
+    yield from message.walk_message(msg, where=src.where, depth=src.depth + 1, budget=budget,
+                                    dispatch=extract)
+
+
+def _ole(src: Source, budget: Budget) -> Iterator[Item]:
+    # An encrypted OOXML file is an OLE2 container holding an "EncryptedPackage" stream; the
+    # directory stores names as UTF-16LE. Legacy .doc/.xls are not read: unscannable, not a pass.
+    if "EncryptedPackage".encode("utf-16-le") in src.data:
+        raise UnscannableError("encrypted office document")
+    raise UnscannableError("unsupported legacy office document")
+    yield  # pragma: no cover - makes this a generator like the other handlers
+
+
+def _binary(src: Source, budget: Budget) -> Iterator[Item]:
+    claim = claimed_type(src.name, src.ctype)
+    if claim is not None:
+        raise UnscannableError(f"corrupt {claim}")
+    yield from ()  # images and other binaries hold no text we read
+
+
+_HANDLERS: dict[Format, Handler] = {
+    Format.TEXT: lambda s, b: text.extract_text(s, b, s.charset),
+    Format.HTML: lambda s, b: text.extract_html(s, b, s.charset),
+    Format.CSV: lambda s, b: csvfile.extract_csv(s, b, s.charset),
+    Format.XLSX: ooxml.extract_xlsx,
+    Format.DOCX: ooxml.extract_docx,
+    Format.PPTX: ooxml.extract_pptx,
+    Format.ODF: odf.extract_odf,
+    Format.PDF: pdf.extract_pdf,
+    Format.ZIP: lambda s, b: archive.extract_zip(s, b, extract),
+    Format.MESSAGE: _message,
+    Format.OLE: _ole,
+    Format.BINARY: _binary,
+}
+
+
+def extract(src: Source, budget: Budget) -> Iterator[Item]:
+    """Items for one part or archive member, whatever its format; never raises but for the budget."""
+    budget.check_time()
+    fmt = sniff(src.data, name=src.name, ctype=src.ctype)
+    try:
+        yield from _HANDLERS[fmt](src, budget)
+    except BudgetExceededError:
+        raise
+    except UnscannableError as exc:
+        yield Problem(src.where, exc.reason)
+    except Exception:  # noqa: BLE001 - parsers fed hostile input raise anything; that is unscannable, never a pass
+        yield Problem(src.where, f"corrupt {fmt.value}")

@@ -1,0 +1,135 @@
+"""Walk a parsed message's MIME tree without recursion, bounded in depth and part count.
+
+Places: the subject and all inline text parts are ``body``/``subject`` (a multipart/alternative
+plain and HTML pair is one body), other parts ``attachment:<filename>`` (or ``part:N`` without a
+name). Inside a nested message the same names hang below the attachment's place:
+``attachment:fwd.eml/body``.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+from collections.abc import Iterator
+from email.errors import HeaderParseError
+from email.header import decode_header, make_header
+from email.message import Message
+
+from relayguard.extract.base import Budget, Dispatch, Item, Problem, Source, TextUnit, UnscannableError
+from relayguard.extract.text import extract_html, extract_text
+
+_BASE64_GROWTH = 4 / 3  # encoded size over decoded size, to refuse a huge part before decoding
+
+
+def parse_message(data: bytes) -> Message:
+    """Parse a nested message the way the caller parsed the outer one (compat32: fast, lenient)."""
+    return email.message_from_bytes(data, policy=email.policy.compat32)
+
+
+def walk_message(msg: Message, *, where: str, depth: int, budget: Budget,
+                 dispatch: Dispatch) -> Iterator[Item]:
+    """Items for ``msg`` (at ``where``: "" top level, else the place of the nested message)."""
+    prefix = f"{where}/" if where else ""
+    yield from _subject(msg, prefix, budget)
+    stack: list[tuple[Message, int]] = [(msg, depth)]
+    index = 0
+    while stack:
+        part, level = stack.pop()
+        budget.check_time()
+        index += 1
+        budget.parts += 1
+        if budget.parts > budget.limits.max_mime_parts:
+            yield Problem(where or "message", "too many MIME parts")
+            return
+        if level > budget.limits.max_depth:
+            yield Problem(_place(part, prefix, index), "nesting too deep")
+            continue
+        if part.is_multipart():  # a multipart whose boundary is broken is read as a leaf below
+            children = [c for c in part.get_payload() if isinstance(c, Message)]
+            if part.get_content_type() == "message/rfc822":
+                yield from _nested(part, children, prefix=prefix, index=index, level=level,
+                                   budget=budget, dispatch=dispatch)
+            else:
+                stack.extend((child, level + 1) for child in reversed(children))
+            continue
+        yield from _leaf(part, prefix=prefix, index=index, level=level, budget=budget, dispatch=dispatch)
+
+
+def _nested(part: Message, children: list[Message], *, prefix: str, index: int, level: int,
+            budget: Budget, dispatch: Dispatch) -> Iterator[Item]:
+    where = _place(part, prefix, index, default="message.eml")
+    if level + 1 > budget.limits.max_depth:
+        yield Problem(where, "nesting too deep")
+        return
+    for child in children:  # compat32 parses a message/rfc822 payload into a one-item list
+        yield from walk_message(child, where=where, depth=level + 1, budget=budget, dispatch=dispatch)
+
+
+def _leaf(part: Message, *, prefix: str, index: int, level: int, budget: Budget,
+          dispatch: Dispatch) -> Iterator[Item]:
+    where = _place(part, prefix, index)
+    try:
+        data = _payload(part, budget)
+    except UnscannableError as exc:
+        yield Problem(where, exc.reason)
+        return
+    name = _filename(part)
+    charset = part.get_content_charset()
+    if name:
+        yield TextUnit(where, name)  # a filename can leak an identifier too
+    elif part.get_content_maintype() == "text" and part.get_content_subtype() in ("plain", "html"):
+        src = Source(data, where, ctype=part.get_content_type(), depth=level, charset=charset)
+        body = extract_html if part.get_content_subtype() == "html" else extract_text
+        yield from body(src, budget, charset)
+        return
+    ctype = part.get_content_type()
+    yield from dispatch(Source(data, where, name=name, ctype=ctype, depth=level, charset=charset), budget)
+
+
+def _payload(part: Message, budget: Budget) -> bytes:
+    raw = part.get_payload()
+    encoded = len(raw) if isinstance(raw, str | bytes) else 0
+    if encoded > budget.limits.max_part_bytes * _BASE64_GROWTH + 1024:
+        raise UnscannableError("part over size limit")
+    data = part.get_payload(decode=True)
+    if not isinstance(data, bytes):
+        return b""
+    if len(data) > budget.limits.max_part_bytes:
+        raise UnscannableError("part over size limit")
+    budget.add_decoded(len(data))
+    return data
+
+
+def _filename(part: Message) -> str:
+    """The part's filename, RFC 2047/2231 decoded; "unnamed" when it is there but undecodable."""
+    try:
+        name = part.get_filename()
+        return str(make_header(decode_header(name))) if name else ""
+    except (LookupError, ValueError, TypeError, UnicodeError, HeaderParseError):
+        return "unnamed"
+
+
+def _is_body(part: Message) -> bool:
+    disposition = (part.get("Content-Disposition") or "").split(";", 1)[0].strip().lower()
+    return (disposition != "attachment" and not part.get_filename()
+            and part.get_content_type() in ("text/plain", "text/html"))
+
+
+def _place(part: Message, prefix: str, index: int, *, default: str = "") -> str:
+    if _is_body(part):
+        return f"{prefix}body"
+    name = _filename(part) or default
+    if prefix:
+        return f"{prefix}{name or f'part:{index}'}"
+    return f"attachment:{name}" if name else f"part:{index}"
+
+
+def _subject(msg: Message, prefix: str, budget: Budget) -> Iterator[TextUnit]:
+    raw = msg.get("Subject")
+    if not raw:
+        return
+    try:
+        subject = str(make_header(decode_header(str(raw))))
+    except (LookupError, ValueError, UnicodeError, HeaderParseError):
+        subject = str(raw)
+    yield TextUnit(f"{prefix}subject", subject[: budget.limits.max_header_bytes])

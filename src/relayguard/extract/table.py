@@ -1,0 +1,75 @@
+"""Building tabular units: rows joined by newlines, cells by tabs, each cell traceable.
+
+Spreadsheets and csv files share this so that the detectors see one row as one line (a date of
+birth in the same row supports an NHS number) and can find each match's cell and column header.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from relayguard.extract.base import Budget, Cells, TextUnit
+
+UNIT_CHARS = 256 * 1024  # rows are batched into units of about this size
+
+
+class TableWriter:
+    """Accumulates rows of one table (one place) and hands out bounded :class:`TextUnit` s."""
+
+    def __init__(self, where: str, budget: Budget, *, sep: str = "!") -> None:
+        self.where = where
+        self.budget = budget
+        self.sep = sep
+        self._reset()
+
+    def _reset(self) -> None:
+        self._parts: list[str] = []
+        self._size = 0
+        self._starts: list[int] = []
+        self._refs: list[str] = []
+        self._headers: list[str | None] = []
+
+    def add_row(self, values: list[str], refs: list[str], headers: list[str | None]) -> TextUnit | None:
+        """Append one row; returns a full unit when the batch reaches its size."""
+        parts, starts, size = self._parts, self._starts, self._size
+        for value in values:
+            starts.append(size)
+            parts.append(value)
+            parts.append("\t")
+            size += len(value) + 1
+        if parts:
+            parts[-1] = "\n"  # the row's last tab becomes its line end
+        self._size = size
+        self._refs.extend(refs)
+        self._headers.extend(headers)
+        return self.flush() if size >= UNIT_CHARS else None
+
+    def flush(self) -> TextUnit | None:
+        """The rows collected so far as one unit, or None when there are none."""
+        if not self._starts:
+            return None
+        self.budget.check_time()
+        unit = TextUnit(self.where, "".join(self._parts),
+                        Cells(self._starts, self._refs, self._headers, self.sep))
+        self._reset()
+        return unit
+
+    def rows(self, rows: Iterator[tuple[list[str], list[str], list[str | None]]]) -> Iterator[TextUnit]:
+        """Units for every row of ``rows`` (values, refs, headers), the remainder last."""
+        for values, refs, headers in rows:
+            unit = self.add_row(values, refs, headers)
+            if unit is not None:
+                yield unit
+        last = self.flush()
+        if last is not None:
+            yield last
+
+
+def locate(unit: TextUnit, pos: int) -> str:
+    """The place of offset ``pos`` in ``unit``: its ``where``, plus the cell for tabular units."""
+    cells = unit.cells
+    if cells is None or not cells.starts:
+        return unit.where
+    i = cells.index(pos)
+    ref = cells.refs[i] if i >= 0 else ""
+    return f"{unit.where}{cells.sep}{ref}" if ref else unit.where
