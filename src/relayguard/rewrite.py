@@ -80,7 +80,7 @@ def _line(name: str, value: str, newline: bytes) -> HeaderField:
 def _hide(fields: Sequence[HeaderField], newline: bytes, trace: str, to: str | None) -> list[HeaderField]:
     """Fields without any recipient list, with a single ``To`` (``to`` or undisclosed) instead."""
     out = [_line(TRACE_HEADER, trace, newline)]
-    to_field = _line("To", f"<{to}>" if to else UNDISCLOSED, newline)
+    to_field: HeaderField | None = _line("To", f"<{to}>" if to else UNDISCLOSED, newline)
     for f in fields:
         if f.lname in VISIBLE_HEADERS or f.lname == TRACE_HEADER.lower():
             if to_field is not None:  # where the first recipient list was, so the order looks natural

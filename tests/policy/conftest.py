@@ -28,7 +28,8 @@ class FixedDetector:
     def __init__(self, findings: Sequence[Finding] = ()) -> None:
         self.findings = list(findings)
 
-    def __call__(self, msg: Any, *, limits: ScanSettings, custom: Any = None, salt: bytes = b"") -> list[Finding]:
+    def __call__(self, msg: Any, *, limits: ScanSettings, custom: Any = None,
+                 salt: bytes = b"") -> list[Finding]:
         return list(self.findings)
 
 

@@ -32,7 +32,8 @@ def test_internal_recipients_do_not_count_as_external(default_policy: LoadedPoli
 def test_two_public_mailboxes_visible_are_rewritten(default_policy: LoadedPolicy) -> None:
     """Two freemail addresses in To/Cc (any case) are hidden from each other; one is not."""
     d = run(default_policy, eml("To: a@GMAIL.com", "Cc: b@hotmail.co.uk"))
-    assert d.rewrite is Rewrite.BCC and d.rules == ("public-mailboxes-visible",)
+    assert d.rewrite is Rewrite.BCC
+    assert d.rules == ("public-mailboxes-visible",)
     assert run(default_policy, eml("To: a@gmail.com")).rewrite is None
 
 
@@ -46,7 +47,8 @@ def test_bcc_only_recipients_are_not_visible(default_policy: LoadedPolicy) -> No
 def test_identifier_to_bcc_freemail_recipient_is_held(default_policy: LoadedPolicy) -> None:
     """An NHS number held for a recipient outside internal/secure, even one only in BCC."""
     d = run(default_policy, eml("To: ward@nhs.net"), ["ward@nhs.net", "x@gmail.com"], findings=[nhs()])
-    assert d.action is Action.HOLD and d.rules == ("patient-identifier-outside-secure",)
+    assert d.action is Action.HOLD
+    assert d.rules == ("patient-identifier-outside-secure",)
 
 
 def test_one_identifier_to_secure_domain_is_delivered(default_policy: LoadedPolicy) -> None:
@@ -65,9 +67,11 @@ def test_ten_distinct_identifiers_to_secure_domain_are_held(default_policy: Load
     """Ten distinct identifiers across two places held even for nhs.net; nine are not."""
     ten = [nhs(5, where="body"), nhs(5, where="attachment:a.csv", start=5)]
     d = run(default_policy, eml("To: ward@nhs.net"), ["ward@nhs.net"], findings=ten)
-    assert d.action is Action.HOLD and d.rules == ("bulk-patient-identifiers",)
+    assert d.action is Action.HOLD
+    assert d.rules == ("bulk-patient-identifiers",)
     repeated = [nhs(5, where="body"), nhs(5, where="attachment:a.csv", start=1)]  # 6 distinct
-    assert run(default_policy, eml("To: ward@nhs.net"), ["ward@nhs.net"], findings=repeated).action is Action.DELIVER
+    d = run(default_policy, eml("To: ward@nhs.net"), ["ward@nhs.net"], findings=repeated)
+    assert d.action is Action.DELIVER
 
 
 def test_bulk_identifiers_to_internal_only_are_delivered(default_policy: LoadedPolicy) -> None:
@@ -79,7 +83,8 @@ def test_bulk_identifiers_to_internal_only_are_delivered(default_policy: LoadedP
 def test_unscannable_outside_secure_is_held(default_policy: LoadedPolicy) -> None:
     """An encrypted attachment to freemail is held; the same to nhs.net is not."""
     enc = Finding(kind="unscannable", where="attachment:a.zip", confident=False, reason="encrypted")
-    assert run(default_policy, eml("To: x@btinternet.com"), ["x@btinternet.com"], findings=[enc]).action is Action.HOLD
+    d = run(default_policy, eml("To: x@btinternet.com"), ["x@btinternet.com"], findings=[enc])
+    assert d.action is Action.HOLD
     assert run(default_policy, eml("To: w@nhs.net"), ["w@nhs.net"], findings=[enc]).action is Action.DELIVER
 
 
@@ -87,7 +92,8 @@ def test_malformed_address_header_is_held(default_policy: LoadedPolicy) -> None:
     """An address header that cannot be read holds the message (fail safe)."""
     d = run(default_policy, eml("To: colleague@oakfield-surgery.nhs.uk", "Cc: <<broken"),
             ["colleague@oakfield-surgery.nhs.uk"])
-    assert d.action is Action.HOLD and "unreadable-address-headers" in d.rules
+    assert d.action is Action.HOLD
+    assert "unreadable-address-headers" in d.rules
     assert [f.kind for f in d.findings] == ["address_defect"]
 
 
@@ -96,8 +102,10 @@ def test_detector_crash_is_unscannable_and_held(default_policy: LoadedPolicy) ->
     def broken(msg: object, **kwargs: object) -> list[Finding]:
         raise ValueError("boom")
     d = decide(eml("To: x@gmail.com"), Envelope(SENDER, ("x@gmail.com",)),
-               Submitter(SENDER, SubmitterKind.NETWORK), default_policy, limits=ScanSettings(), detector=broken)
-    assert d.action is Action.HOLD and d.findings[0].kind == "unscannable"
+               Submitter(SENDER, SubmitterKind.NETWORK), default_policy, limits=ScanSettings(),
+               detector=broken)
+    assert d.action is Action.HOLD
+    assert d.findings[0].kind == "unscannable"
 
 
 def test_sender_domain_is_internal_unless_it_is_a_shared_provider(default_policy: LoadedPolicy) -> None:
@@ -108,7 +116,8 @@ def test_sender_domain_is_internal_unless_it_is_a_shared_provider(default_policy
 
 def test_authenticated_users_domain_is_internal() -> None:
     """With an empty envelope sender, the authenticated user's domain is still internal."""
-    pol = policy_from("rules:\n  - name: ext\n    when: {recipients: {outside: [internal]}}\n    then: {action: hold}\n")
+    pol = policy_from("rules:\n  - name: ext\n    when: {recipients: {outside: [internal]}}\n"
+                      "    then: {action: hold}\n")
     user = Submitter("gp@oakfield-surgery.nhs.uk", SubmitterKind.USER)
     d = run(pol, eml(f"To: {SENDER}"), [SENDER], mail_from="", submitter=user)
     assert d.action is Action.DELIVER
@@ -180,7 +189,8 @@ def test_distinct_count_unites_digests_and_adds_plain_counts() -> None:
 
 def _decide_in_child(policy: LoadedPolicy) -> str:
     d = decide(eml("To: a@gmail.com, b@yahoo.com"), Envelope(SENDER, ("a@gmail.com",)),
-               Submitter(SENDER, SubmitterKind.NETWORK), policy, limits=ScanSettings(), detector=FixedDetector())
+               Submitter(SENDER, SubmitterKind.NETWORK), policy, limits=ScanSettings(),
+               detector=FixedDetector())
     return d.rewrite.value if d.rewrite else "none"
 
 

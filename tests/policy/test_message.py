@@ -49,7 +49,8 @@ def test_obsolete_space_before_colon_counts_and_keeps_mime() -> None:
     raw = eml("CC : hidden@gmail.com", "Content-Type: text/html", body="<p>hi</p>\r\n")
     parsed = parse_message(raw, LIMITS)
     assert [r.address for r in parsed.visible] == ["hidden@gmail.com"]
-    assert parsed.msg is not None and parsed.msg.get_content_type() == "text/html"
+    assert parsed.msg is not None
+    assert parsed.msg.get_content_type() == "text/html"
 
 
 @pytest.mark.parametrize("value", ["foo", "a@b.org, <<broken", "x@", "a@b.org (c) d@e.org", "a@exa mple.org"])

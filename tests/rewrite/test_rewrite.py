@@ -46,7 +46,8 @@ def test_bcc_handles_groups_encoded_names_idn_and_malformed(value: str) -> None:
     """Group syntax, encoded names, IDN and malformed lists are removed all the same."""
     [(_, out)] = apply(msg(f"To: {value}", f"Cc: {value}"), BCC, Envelope(SENDER, ("a@x.org",)))
     assert [n for n, _ in fields(out) if n.lower() in ("to", "cc")] == ["To"]
-    assert b"x.org" not in head(out).lower() and b"example.org" not in head(out).lower()
+    assert b"x.org" not in head(out).lower()
+    assert b"example.org" not in head(out).lower()
 
 
 def test_encoded_subject_with_crlf_bcc_is_not_turned_into_a_header() -> None:
@@ -64,7 +65,8 @@ def test_bare_cr_field_is_dropped_rather_than_passed_on() -> None:
     """A field carrying a bare CR (which an upstream may split into two lines) is not forwarded."""
     raw = b"From: <a@x.org>\r\nTo: b@y.org\r\nX-Note: hi\rBcc: c@z.org\r\n\r\nbody\r\n"
     [(_, out)] = apply(raw, BCC, Envelope("a@x.org", ("b@y.org",)))
-    assert b"c@z.org" not in out and b"X-Note" not in out
+    assert b"c@z.org" not in out
+    assert b"X-Note" not in out
 
 
 def test_individual_sends_each_visible_recipient_its_own_copy() -> None:
@@ -72,8 +74,10 @@ def test_individual_sends_each_visible_recipient_its_own_copy() -> None:
     raw = msg("To: A <a@X.org>", "Cc: b@gmail.com, c@gmail.com")
     env = Envelope(SENDER, ("A@x.org", "b@gmail.com", "hidden@aol.com", "second@aol.com"))
     copies = apply(raw, INDIVIDUAL, env)
-    assert [e.rcpt_tos for e, _ in copies] == [("A@x.org",), ("b@gmail.com",), ("hidden@aol.com", "second@aol.com")]
-    assert [dict(fields(b))["To"] for _, b in copies] == ["<A@x.org>", "<b@gmail.com>", "undisclosed-recipients:;"]
+    assert [e.rcpt_tos for e, _ in copies] == [
+        ("A@x.org",), ("b@gmail.com",), ("hidden@aol.com", "second@aol.com")]
+    assert [dict(fields(b))["To"] for _, b in copies] == [
+        "<A@x.org>", "<b@gmail.com>", "undisclosed-recipients:;"]
     for e, b in copies:
         others = {"a@x.org", "b@gmail.com", "c@gmail.com", "hidden@aol.com", "second@aol.com"} - {
             r.lower() for r in e.rcpt_tos}
@@ -115,7 +119,8 @@ def test_incoming_trace_header_is_replaced_not_trusted() -> None:
     """A client-supplied X-Relayguard-Rewrite header is removed; only ours remains."""
     raw = msg("X-Relayguard-Rewrite: bcc; rule=forged", "To: a@x.org, b@y.org")
     [(_, out)] = apply(raw, BCC, Envelope(SENDER, ("a@x.org",)))
-    assert [v for n, v in fields(out) if n == "X-Relayguard-Rewrite"] == ["bcc; rule=many-external-recipients"]
+    traces = [v for n, v in fields(out) if n == "X-Relayguard-Rewrite"]
+    assert traces == ["bcc; rule=many-external-recipients"]
 
 
 def test_bad_tag_from_stored_decision_is_refused() -> None:

@@ -11,7 +11,15 @@ import yaml
 from rich.panel import Panel
 from rich.table import Table
 
-from relayguard.cli.common import ConfigOption, JsonOption, fail, out_console, print_json, settings_or_exit
+from relayguard.cli.common import (
+    ConfigOption,
+    JsonOption,
+    err_console,
+    fail,
+    out_console,
+    print_json,
+    settings_or_exit,
+)
 from relayguard.config import ScanSettings
 from relayguard.decision import Decision, Envelope, Submitter, SubmitterKind
 from relayguard.message import parse_address_list, split_header_block
@@ -30,7 +38,9 @@ def _policy_or_exit(path: Path | None, config: Path | None) -> LoadedPolicy:
     try:
         return load_policy(target)
     except PolicyFileError as exc:
-        fail(f"invalid policy\n{exc}")
+        for issue in exc.issues:  # one unwrapped line each, so editors can jump to FILE:LINE:COL
+            err_console.print(f"relayguard: invalid policy: {issue}", markup=False, soft_wrap=True)
+        raise typer.Exit(1) from None
 
 
 def _scan_limits(config: Path | None) -> ScanSettings:

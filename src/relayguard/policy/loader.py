@@ -305,8 +305,8 @@ def _custom_detectors(pol: model.Policy) -> Any:
     from relayguard.detect import CustomDetectors, CustomPattern, TermList  # noqa: PLC0415 - only when used
 
     return CustomDetectors(
-        patterns=[CustomPattern(name, p.regex, confident=p.confident) for name, p in pol.patterns.items()],
-        terms=[TermList(name, list(terms)) for name, terms in pol.terms.items()],
+        patterns=tuple(CustomPattern(n, p.regex, confident=p.confident) for n, p in pol.patterns.items()),
+        terms=tuple(TermList(name, terms) for name, terms in pol.terms.items()),
     )
 
 
