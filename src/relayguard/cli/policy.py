@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 import yaml
 from rich.panel import Panel
+from rich.progress import Progress
 from rich.table import Table
 
 from relayguard.cli.common import (
@@ -20,10 +22,13 @@ from relayguard.cli.common import (
     print_json,
     settings_or_exit,
 )
-from relayguard.config import ScanSettings
+from relayguard.config import ScanSettings, Settings
 from relayguard.decision import Decision, Envelope, Submitter, SubmitterKind
 from relayguard.message import parse_address_list, split_header_block
 from relayguard.policy import LoadedPolicy, PolicyFileError, decide, load_policy
+
+if TYPE_CHECKING:
+    from relayguard.store import Store
 
 app = typer.Typer(help="Validate, explain and dry-run policies.", no_args_is_help=True)
 
@@ -218,3 +223,103 @@ def run_tests(
         out_console.print(table)
         out_console.print(f"{len(results) - failed}/{len(results)} cases pass")
     raise typer.Exit(1 if failed else 0)
+
+
+# --- replay ---------------------------------------------------------------------------------
+
+_UNITS = {"m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_since(value: str) -> float:
+    """``7d``, ``12h``, ``30m``, ``2w`` → seconds."""
+    number, unit = value[:-1], value[-1:].lower()
+    if unit not in _UNITS or not number.isdigit():
+        raise typer.BadParameter("use a number and a unit: 30m, 12h, 7d, 2w", param_hint="--since")
+    return int(number) * _UNITS[unit]
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """A stored message whose decision would differ under the candidate policy."""
+
+    id: str
+    created_at: float
+    submitter: str
+    before: Decision
+    after: Decision
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "created_at": self.created_at, "submitter": self.submitter,
+                "before": _outcome(self.before), "after": _outcome(self.after),
+                "rules_added": [r for r in self.after.rules if r not in self.before.rules],
+                "rules_removed": [r for r in self.before.rules if r not in self.after.rules]}
+
+
+def _outcome(d: Decision) -> dict[str, Any]:
+    return {"action": d.action.value, "rewrite": d.rewrite.value if d.rewrite else None,
+            "rules": list(d.rules)}
+
+
+def _differs(a: Decision, b: Decision) -> bool:
+    return (a.action, a.rewrite, a.rules, a.tag_subject) != (b.action, b.rewrite, b.rules, b.tag_subject)
+
+
+async def replay_changes(store: Store, pol: LoadedPolicy, *, since: float, limits: ScanSettings,
+                         progress: Progress | None = None) -> tuple[int, list[Change]]:
+    """(messages re-decided, those whose decision changes) for everything stored since ``since``."""
+    task = progress.add_task("re-deciding", total=await store.count_since(since)) if progress else None
+    seen, changes = 0, []
+    async for stored in store.iter_messages(since=since):
+        seen += 1
+        after = decide(stored.raw or b"", stored.envelope, stored.submitter, pol, limits=limits)
+        if _differs(stored.decision, after):
+            changes.append(Change(stored.id, stored.created_at, stored.submitter.name,
+                                  stored.decision, after))
+        if progress is not None and task is not None:
+            progress.advance(task)
+    return seen, changes
+
+
+def _changes_table(changes: list[Change]) -> Table:
+    table = Table("queue id", "submitter", "before", "after", "rules added / removed")
+    for c in changes:
+        added = [f"+{r}" for r in c.to_json()["rules_added"]]
+        removed = [f"-{r}" for r in c.to_json()["rules_removed"]]
+        table.add_row(c.id, c.submitter, _short(c.before), _short(c.after), " ".join(added + removed))
+    return table
+
+
+def _short(d: Decision) -> str:
+    return d.action.value + (f" +{d.rewrite.value}" if d.rewrite else "")
+
+
+@app.command()
+def replay(
+    *,
+    policy: Annotated[Path, typer.Option("--policy", "-p", help="The candidate policy.", dir_okay=False)],
+    since: Annotated[str, typer.Option(help="How far back: 30m, 12h, 7d, 2w.")] = "7d",
+    as_json: JsonOption = False,
+    config: ConfigOption = None,
+) -> None:
+    """Re-decide stored messages under a candidate policy and list what would change."""
+    # The store (SQLAlchemy) is imported only here so that check/explain start quickly.
+    from relayguard.cli.quarantine import run_with_store  # noqa: PLC0415
+
+    start = time.time() - parse_since(since)
+    pol = _policy_or_exit(policy, config)
+
+    async def work(settings: Settings, store: Store) -> tuple[int, list[Change]]:
+        if as_json:
+            return await replay_changes(store, pol, since=start, limits=settings.scan)
+        with Progress(console=err_console, transient=True) as bar:
+            return await replay_changes(store, pol, since=start, limits=settings.scan, progress=bar)
+
+    seen, changes = run_with_store(config, work)
+    if as_json:
+        print_json({"policy_version": pol.version, "since": since, "messages": seen,
+                    "changed": [c.to_json() for c in changes]})
+        return
+    if changes:
+        out_console.print(_changes_table(changes))
+    out_console.print(f"{len(changes)} of {seen} message(s) since {since} would be decided differently "
+                      f"under {pol.source} (version {pol.version[:8]})")
