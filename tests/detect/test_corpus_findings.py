@@ -17,7 +17,8 @@ _REPO = Path(__file__).parents[2]
 _CANDIDATES = (_REPO / "tests" / "corpus", _REPO.parent / "shared" / "corpus")
 CORPUS = next((d for d in _CANDIDATES if (d / "expected.yaml").is_file()), None)
 
-pytestmark = pytest.mark.skipif(CORPUS is None, reason="sample corpus not found in tests/corpus or ../shared/corpus")
+pytestmark = pytest.mark.skipif(
+    CORPUS is None, reason="sample corpus not found in tests/corpus or ../shared/corpus")
 
 CLEAN_CASES = ("plain-ok", "invalid-checksums-ok")
 

@@ -19,7 +19,7 @@ from relayguard.extract.table import locate
 
 SEVERAL = 3  # distinct valid identifiers of one kind in one place support each other
 MAX_DIGESTS = 10_000  # per finding; the count stays exact beyond it
-MAX_PROBLEMS = 100  # an archive bomb must not turn into a million findings
+MAX_PROBLEMS = 50  # an archive bomb must not turn into a million findings
 
 
 @dataclass(slots=True)

@@ -49,7 +49,10 @@ class SafeZip:
         declared = sum(i.file_size for i in self.infos)
         packed = sum(i.compress_size for i in self.infos)
         if declared > RATIO_FLOOR and declared > limits.max_ratio * max(packed, 1):
-            raise UnscannableError(f"{self.kind} over ratio limit")
+            # Name the single member when one alone is the bomb: it is the more useful reason.
+            whole = not any(i.file_size > self._ratio_cap(i) for i in self.infos)
+            raise UnscannableError(f"{self.kind} over ratio limit" if whole
+                                   else f"{self.kind} member over ratio limit")
 
     def names(self) -> list[str]:
         return [i.filename for i in self.infos]
@@ -63,11 +66,14 @@ class SafeZip:
             raise UnscannableError(f"encrypted {self.kind}")
         if info.file_size > cap:
             raise UnscannableError(f"{self.kind} member over size limit")
-        ratio_cap = max(RATIO_FLOOR, int(self.budget.limits.max_ratio * max(info.compress_size, 1)))
+        ratio_cap = self._ratio_cap(info)
         if info.file_size > ratio_cap:
             raise UnscannableError(f"{self.kind} member over ratio limit")
         # Never trust the declared size: the reader stops at the smallest bound it may reach.
         return min(cap, ratio_cap, info.file_size)
+
+    def _ratio_cap(self, info: zipfile.ZipInfo) -> int:
+        return max(RATIO_FLOOR, int(self.budget.limits.max_ratio * max(info.compress_size, 1)))
 
     def open(self, name: str, *, cap: int | None = None) -> IO[bytes]:
         """A stream of member ``name`` that raises :class:`UnscannableError` past any limit."""

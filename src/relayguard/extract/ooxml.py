@@ -49,7 +49,7 @@ _DOCX_PARTS = re.compile(
     r"word/(?:glossary/)?(document|header\d*|footer\d*|comments\w*|footnotes|endnotes)\.xml")
 _PPTX_PARTS = re.compile(r"ppt/(?:slides/(slide\d+)|notesSlides/(notesSlide\d+)|comments/(\w+))\.xml")
 _XLSX_EXTRA = re.compile(
-    r"xl/(?:(comments\d*)|threadedComments/(\w+)|charts/(chart\d+)|drawings/(drawing\d+))\.xml")
+    r"xl/(?:(?:comments/)?(comments?\d*)|threadedComments/(\w+)|charts/(chart\d+)|drawings/(drawing\d+))\.xml")
 _PIVOT = re.compile(r"xl/pivotCache/(pivotCache\w+)\.xml")
 _SCIENTIFIC = re.compile(r"[eE]")
 _DIGITS = "0123456789"
