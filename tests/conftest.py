@@ -34,7 +34,7 @@ class Sink:
     """The upstream relay stand-in: a real aiosmtpd server that records what it accepts.
 
     ``replies`` is consumed one entry per DATA (e.g. ``["451 4.3.0 later"]`` then 250s);
-    ``refuse`` maps recipients to the reply RCPT gets.
+    ``refuse`` maps recipients to the reply RCPT gets; ``delay`` slows every DATA down.
     """
 
     host: str = "127.0.0.1"
@@ -42,6 +42,7 @@ class Sink:
     got: list[Received] = field(default_factory=list)
     replies: list[str] = field(default_factory=list)
     refuse: dict[str, str] = field(default_factory=dict)
+    delay: float = 0.0  # seconds each DATA takes: a slow upstream
     server: asyncio.AbstractServer | None = None
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -53,6 +54,8 @@ class Sink:
         return "250 OK"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        if self.delay:
+            await asyncio.sleep(self.delay)
         if self.replies:
             return self.replies.pop(0)
         self.got.append(Received(envelope.mail_from, list(envelope.rcpt_tos),
@@ -64,7 +67,7 @@ class Sink:
         loop = asyncio.get_running_loop()
         self.server = await loop.create_server(
             lambda: SMTP(self, hostname="sink.test", decode_data=False), self.host, self.port)
-        self.port = list(self.server.sockets)[0].getsockname()[1]
+        self.port = next(iter(self.server.sockets)).getsockname()[1]
 
     async def stop(self) -> None:
         if self.server is not None:

@@ -135,7 +135,7 @@ class DeliveryWorker:
                 msg = await queue.get()
                 try:
                     await self.deliver(msg, upstream)
-                except Exception:  # noqa: BLE001 - one bad message must not stop the worker
+                except Exception:
                     # Its lease runs out and it is tried again; the log says why.
                     log.exception("delivery.crashed", queue_id=msg.id)
         finally:
@@ -177,7 +177,8 @@ class DeliveryWorker:
         except DeliveryError as exc:
             state = FAILED if exc.permanent else DEFERRED
             return {r: {"code": exc.code, "reply": str(exc), "state": state} for r in envelope.rcpt_tos}
-        return {r: {"code": code, "reply": reply, "state": _state_of(code)} for r, (code, reply) in per.items()}
+        return {r: {"code": code, "reply": reply, "state": _state_of(code)}
+                for r, (code, reply) in per.items()}
 
     async def _commit(self, msg: StoredMessage, outcome: Outcome) -> None:
         """The new state, its audit entry and any DSN commit together."""

@@ -1,15 +1,17 @@
 """RFC 3464 delivery status notifications (bounces) for recipients that could not be reached.
 
-The DSN returns only the original *headers* (``text/rfc822-headers``), not the body, so a bounce
-never carries patient data back out through a second route.
+Built as bytes directly: the email package's content manager refuses ``message/delivery-status``
+from bytes, and a fixed layout is easier to check. The DSN returns only the original *headers*
+(``text/rfc822-headers``), not the body, so a bounce never carries patient data back out.
 """
 
 from __future__ import annotations
 
 import email.utils
-from email.message import EmailMessage
+import secrets
 from typing import Any
 
+from relayguard.log import safe
 from relayguard.store import StoredMessage
 
 _HEADER_LIMIT = 64 * 1024
@@ -22,33 +24,37 @@ def _original_headers(raw: bytes | None) -> bytes:
     return (raw if end < 0 else raw[: end + 2])[:_HEADER_LIMIT]
 
 
+def _status(code: int) -> str:
+    # 4.4.7: delivery time expired, for recipients given up on while still deferred.
+    return f"{code // 100}.0.0" if code >= 500 else "4.4.7"
+
+
 def build_dsn(msg: StoredMessage, failed: dict[str, dict[str, Any]], *, reporting_mta: str,
               now: float) -> bytes:
     """A multipart/report DSN to ``msg``'s envelope sender listing each failed recipient."""
-    report = EmailMessage()
-    report["From"] = f"Mail Delivery System <MAILER-DAEMON@{reporting_mta}>"
-    report["To"] = msg.envelope.mail_from
-    report["Subject"] = "Undelivered Mail Returned to Sender"
-    report["Date"] = email.utils.formatdate(now)
-    report["Message-ID"] = email.utils.make_msgid(domain=reporting_mta)
-    report["Auto-Submitted"] = "auto-replied"  # RFC 3834: nobody may auto-reply to this
-    lines = [f"relayguard could not deliver message {msg.id} to these recipients:", ""]
-    lines += [f"  <{rcpt}>: {r.get('code', 0)} {r.get('reply', '')}" for rcpt, r in failed.items()]
-    report.set_content("\n".join(lines) + "\n")
+    boundary = f"=_relayguard_{secrets.token_hex(12)}"
+    human = [f"relayguard could not deliver message {msg.id} to these recipients:", ""]
     per_rcpt = []
     for rcpt, r in failed.items():
-        code = int(r.get("code") or 0)
-        status = f"{code // 100}.0.0" if code >= 400 else "4.4.7"  # 4.4.7: delivery time expired
-        per_rcpt.append(
-            f"Final-Recipient: rfc822; {rcpt}\r\nAction: failed\r\nStatus: {status}\r\n"
-            f"Diagnostic-Code: smtp; {code} {str(r.get('reply', ''))[:200]}\r\n")
-    status_body = (f"Reporting-MTA: dns; {reporting_mta}\r\nX-Relayguard-Queue-ID: {msg.id}\r\n"
-                   f"Arrival-Date: {email.utils.formatdate(msg.created_at)}\r\n\r\n"
-                   + "\r\n".join(per_rcpt))
-    report.add_attachment(status_body.encode(), maintype="message", subtype="delivery-status",
-                          cte="7bit")
-    report.add_attachment(_original_headers(msg.raw), maintype="text", subtype="rfc822-headers",
-                          cte="8bit")
-    report.replace_header("Content-Type", "multipart/report; report-type=delivery-status; "
-                          f'boundary="{report.get_boundary()}"')
-    return report.as_bytes().replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+        code, reply = int(r.get("code") or 0), safe(str(r.get("reply", "")), 200)
+        human.append(f"  <{rcpt}>: {code} {reply}")
+        per_rcpt.append(f"Final-Recipient: rfc822; {rcpt}\r\nAction: failed\r\n"
+                        f"Status: {_status(code)}\r\nDiagnostic-Code: smtp; {code} {reply}\r\n")
+    head = (f"From: Mail Delivery System <MAILER-DAEMON@{reporting_mta}>\r\n"
+            f"To: <{msg.envelope.mail_from}>\r\n"
+            "Subject: Undelivered Mail Returned to Sender\r\n"
+            f"Date: {email.utils.formatdate(now)}\r\n"
+            f"Message-ID: {email.utils.make_msgid(domain=reporting_mta)}\r\n"
+            "Auto-Submitted: auto-replied\r\n"  # RFC 3834: nobody may auto-reply to this
+            "MIME-Version: 1.0\r\n"
+            f'Content-Type: multipart/report; report-type=delivery-status; boundary="{boundary}"\r\n')
+    status = (f"Reporting-MTA: dns; {reporting_mta}\r\nX-Relayguard-Queue-ID: {msg.id}\r\n"
+              f"Arrival-Date: {email.utils.formatdate(msg.created_at)}\r\n\r\n" + "\r\n".join(per_rcpt))
+    parts = [
+        "Content-Type: text/plain; charset=utf-8\r\n\r\n" + "\r\n".join(human) + "\r\n",
+        "Content-Type: message/delivery-status\r\n\r\n" + status,
+    ]
+    body = b"".join(f"--{boundary}\r\n{p}\r\n".encode() for p in parts)
+    body += (f"--{boundary}\r\nContent-Type: text/rfc822-headers\r\n\r\n".encode()
+             + _original_headers(msg.raw) + f"\r\n--{boundary}--\r\n".encode())
+    return head.encode() + b"\r\n" + body

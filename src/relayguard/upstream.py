@@ -47,7 +47,7 @@ class SmtpUpstream:
             hostname=s.host, port=s.port, local_hostname=s.helo, timeout=s.timeout,
             use_tls=s.tls is UpstreamTls.IMPLICIT,
             # True means REQUIRED: aiosmtplib's default (None) would fall back to clear text.
-            start_tls=True if s.tls is UpstreamTls.STARTTLS else False,
+            start_tls=s.tls is UpstreamTls.STARTTLS,
             validate_certs=s.verify, tls_context=tls_context,
             username=s.username, password=s.password,
         )
@@ -85,7 +85,7 @@ class SmtpUpstream:
         except (aiosmtplib.SMTPException, OSError, ssl.SSLError) as exc:
             await self.close()
             raise DeliveryError(f"upstream unreachable: {type(exc).__name__}: {exc}"[:300]) from exc
-        results: Results = {r: (250, "ok") for r in envelope.rcpt_tos}
+        results: Results = dict.fromkeys(envelope.rcpt_tos, (250, "ok"))
         for rcpt, resp in refused.items():
             results[rcpt] = (resp.code, _text(resp))
         return results
@@ -114,7 +114,7 @@ class CaptureUpstream:
 
     async def send(self, envelope: Envelope, raw: bytes, *, queue_id: str) -> Results:
         await self.store.add_capture(queue_id=queue_id, envelope=envelope, raw=raw)
-        return {r: (250, "captured") for r in envelope.rcpt_tos}
+        return dict.fromkeys(envelope.rcpt_tos, (250, "captured"))
 
     async def close(self) -> None:
         return None

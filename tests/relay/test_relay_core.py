@@ -73,7 +73,7 @@ async def test_upstream_5xx_bounces_with_a_dsn(relay_factory, sink: Sink) -> Non
     relay = await relay_factory()
     _, reply = await send(relay.smtp_port, rcpts=["gone@nhs.net"])
     [dsn] = await sink.wait_for(1)
-    assert dsn.mail_from == "" and dsn.rcpt_tos == [FROM]
+    assert dsn.mail_from in ("", "<>") and dsn.rcpt_tos == [FROM]
     assert b"multipart/report" in dsn.raw and b"report-type=delivery-status" in dsn.raw
     assert b"Final-Recipient: rfc822; gone@nhs.net" in dsn.raw
     assert b"The clinic moves" not in dsn.raw  # headers only: a bounce never carries the body
@@ -90,7 +90,7 @@ async def test_partial_refusal_delivers_the_rest_and_bounces_one(relay_factory, 
     got = await sink.wait_for(2)
     delivered = [g for g in got if g.mail_from == FROM]
     assert delivered[0].rcpt_tos == ["ward7.admin@nhs.net"]
-    assert any(g.mail_from == "" and g.rcpt_tos == [FROM] for g in got)
+    assert any(g.mail_from in ("", "<>") and g.rcpt_tos == [FROM] for g in got)
 
 
 async def test_upstream_down_then_back(relay_factory, sink: Sink) -> None:
@@ -101,7 +101,8 @@ async def test_upstream_down_then_back(relay_factory, sink: Sink) -> None:
     _, reply = await send(relay.smtp_port)
     await asyncio.sleep(0.3)
     stored = await relay.store.get(reply.rsplit(" ", 1)[-1])
-    assert stored.state is State.QUEUED and stored.attempts >= 1 and "unreachable" in (stored.last_error or "")
+    assert stored.state is State.QUEUED
+    assert stored.attempts >= 1 and "unreachable" in (stored.last_error or "")
     sink.port = port
     await sink.start()
     [got] = await sink.wait_for(1)
@@ -111,13 +112,13 @@ async def test_upstream_down_then_back(relay_factory, sink: Sink) -> None:
 async def test_max_age_bounces_deferred_mail(relay_factory, sink: Sink, clock) -> None:
     """Mail still deferred at the maximum age is bounced with a DSN instead of retried forever."""
     sink.replies = ["451 4.3.0 later"]
-    relay = await relay_factory(clock=clock, delivery={"max_age": 3600})
+    relay = await relay_factory(clock=clock, delivery={"max_age": 3600, "retry_base": 1, "retry_max": 1})
     await send(relay.smtp_port)
     await asyncio.sleep(0.2)  # first attempt deferred
     clock.advance(7200)
     sink.replies = ["451 4.3.0 still later"]
     [dsn] = await sink.wait_for(1)
-    assert dsn.mail_from == "" and b"gave up after" in dsn.raw
+    assert dsn.mail_from in ("", "<>") and b"gave up after" in dsn.raw
 
 
 async def test_untrusted_client_without_auth_is_refused(relay_factory, sink: Sink) -> None:

@@ -26,7 +26,8 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of 
 
 def fail(message: str, code: int = 1) -> NoReturn:
     """One line on stderr and exit ``code``; never a traceback for a user's mistake."""
-    err_console.print(f"relayguard: {message}", markup=False)
+    # Plain stderr, not Rich: one line stays one line whatever the terminal width.
+    sys.stderr.write(f"relayguard: {message}\n")
     raise typer.Exit(code)
 
 

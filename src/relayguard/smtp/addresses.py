@@ -13,7 +13,9 @@ import re
 _LOCAL = r"[A-Za-z0-9!#$&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$&'*+/=?^_`{|}~-]+)*"
 _LABEL = r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)"
 _ADDRESS = re.compile(rf"{_LOCAL}@{_LABEL}(?:\.{_LABEL})+")
-_UTF8_ADDRESS = re.compile(r"[^\s@\"%\\\x00-\x1f\x7f]+@[^\s@\[\]%\\\x00-\x1f\x7f]+\.[^\s@\[\]%\\\x00-\x1f\x7f]+")
+_U_LOCAL = r"[^\s@\"%\\\x00-\x1f\x7f]+"
+_U_LABELS = r"[^\s@\[\]%\\\x00-\x1f\x7f]+"
+_UTF8_ADDRESS = re.compile(rf"{_U_LOCAL}@{_U_LABELS}\.{_U_LABELS}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 

@@ -17,7 +17,8 @@ from email.parser import BytesHeaderParser
 from email.policy import compat32
 from typing import Any
 
-from aiosmtpd.smtp import SMTP, Envelope as SmtpEnvelope, Session
+from aiosmtpd.smtp import SMTP, Session
+from aiosmtpd.smtp import Envelope as SmtpEnvelope
 
 from relayguard.decision import Action, Decision, Envelope, Submitter, SubmitterKind
 from relayguard.errors import StoreError
@@ -94,6 +95,8 @@ class RelayHandler:
                           address: str, mail_options: list[str]) -> str:
         if not session.authenticated and not self.is_trusted(session):
             return "530 5.7.0 Authentication required"
+        # aiosmtpd reports the null sender as "<>"; store it empty so bounces are never bounced.
+        address = "" if address == "<>" else address
         utf8 = "SMTPUTF8" in (o.upper() for o in mail_options)
         if address and (problem := address_problem(address, utf8=utf8)):
             return f"553 5.1.7 Sender address refused: {problem}"
