@@ -170,26 +170,20 @@ _TYPE_WORDS = {
 }
 
 
-def _all_keys(cls: type[BaseModel], seen: set[str] | None = None) -> set[str]:
-    """Every key the schema knows, for "did you mean" hints."""
-    keys = seen if seen is not None else set()
-    for name, info in cls.model_fields.items():
-        keys.add(info.alias or name)
-    return keys
-
-
-_KNOWN_KEYS: set[str] = set()
-for _cls in (model.Policy, model.DomainList, model.PatternDef, model.Rule, model.When, model.Then,
-             model.RecipientCondition, model.FindingCondition, model.SubmitterCondition,
-             model.AttachmentCondition, model.SizeCondition, model.HeaderCondition):
-    _all_keys(_cls, _KNOWN_KEYS)
+_SCHEMA: tuple[type[BaseModel], ...] = (
+    model.Policy, model.DomainList, model.PatternDef, model.Rule, model.When, model.Then,
+    model.RecipientCondition, model.FindingCondition, model.SubmitterCondition,
+    model.AttachmentCondition, model.SizeCondition, model.HeaderCondition,
+)
+# Every key the schema knows, for "did you mean" hints on a typo.
+_KNOWN_KEYS = sorted({info.alias or name for cls in _SCHEMA for name, info in cls.model_fields.items()})
 
 
 def _reason(err: ErrorDetails) -> str:
     kind = err["type"]
     if kind == "extra_forbidden":
         key = str(err["loc"][-1])
-        near = difflib.get_close_matches(key, sorted(_KNOWN_KEYS), n=1)
+        near = difflib.get_close_matches(key, _KNOWN_KEYS, n=1)
         return f"unknown key {key!r}" + (f" (did you mean {near[0]!r}?)" if near else "")
     if kind == "missing":
         return f"missing required key {err['loc'][-1]!r}"
