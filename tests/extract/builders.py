@@ -12,9 +12,12 @@ from email.mime.message import MIMEMessage
 from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
 
+import docx
 import openpyxl
 from openpyxl.comments import Comment
 from openpyxl.workbook.defined_name import DefinedName
+from reportlab.lib.pagesizes import A4
+from reportlab.pdfgen import canvas
 
 from relayguard.config import ScanSettings
 from relayguard.decision import Finding
@@ -62,9 +65,8 @@ def message(body: str = "Hello", *, html: str | None = None,
         outer.attach(MIMEText(body, "plain", "utf-8"))
     for filename, ctype, data in attachments:
         maintype, subtype = ctype.split("/", 1)
-        part = MIMEApplication(data, subtype) if maintype == "application" else MIMEText(data.decode(), subtype)
-        if maintype != "application":
-            part.replace_header("Content-Type", ctype)
+        part = MIMEText(data.decode(), subtype) if maintype == "text" else MIMEApplication(data, subtype)
+        part.replace_header("Content-Type", ctype)
         part.add_header("Content-Disposition", "attachment", filename=filename)
         outer.attach(part)
     return parse(outer.as_bytes())
@@ -150,6 +152,16 @@ def xlsx_bytes(wb: openpyxl.Workbook) -> bytes:
     return buf.getvalue()
 
 
+def xlsx_column(header: str, number: str = NHS) -> bytes:
+    """A one-sheet workbook with ``number`` in a column headed ``header``."""
+    wb = openpyxl.Workbook()
+    ws = wb.active
+    assert ws is not None
+    ws.append(["Name", header])
+    ws.append(["Grace", number])
+    return xlsx_bytes(wb)
+
+
 def xlsx_with(place: str, number: str = NHS) -> bytes:
     """A workbook whose only identifier sits in ``place`` (a hiding place), with no cue word."""
     wb = openpyxl.Workbook()
@@ -201,8 +213,6 @@ W_NS = "http://schemas.openxmlformats.org/wordprocessingml/2006/main"
 
 def docx_bytes(place: str, text: str) -> bytes:
     """A docx whose ``text`` sits in ``place``: body, table, header, footer, comment, footnote."""
-    import docx  # python-docx: imported here so collection stays fast
-
     doc = docx.Document()
     doc.add_paragraph("Dear colleague,")
     section = doc.sections[0]
@@ -250,9 +260,12 @@ ODF_NS = ('xmlns:office="urn:oasis:names:tc:opendocument:xmlns:office:1.0" '
           'xmlns:table="urn:oasis:names:tc:opendocument:xmlns:table:1.0"')
 
 
-def odf_bytes(body_xml: str, *, styles_xml: str = "", mimetype: str = "application/vnd.oasis.opendocument.text",
-              encrypted: bool = False) -> bytes:
-    manifest = "<manifest><file-entry><encryption-data/></file-entry></manifest>" if encrypted else "<manifest/>"
+ODT = "application/vnd.oasis.opendocument.text"
+
+
+def odf_bytes(body_xml: str, *, styles_xml: str = "", mimetype: str = ODT, encrypted: bool = False) -> bytes:
+    manifest = ("<manifest><file-entry><encryption-data/></file-entry></manifest>" if encrypted
+                else "<manifest/>")
     return zip_bytes({
         "mimetype": mimetype.encode(),
         "content.xml": f"<office:document-content {ODF_NS}><office:body>{body_xml}</office:body>"
@@ -263,9 +276,6 @@ def odf_bytes(body_xml: str, *, styles_xml: str = "", mimetype: str = "applicati
 
 
 def pdf_bytes(lines: list[str], *, encrypt: str | None = None) -> bytes:
-    from reportlab.lib.pagesizes import A4
-    from reportlab.pdfgen import canvas
-
     buf = io.BytesIO()
     pdf = canvas.Canvas(buf, pagesize=A4, encrypt=encrypt)
     y = 800

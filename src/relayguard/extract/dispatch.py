@@ -51,6 +51,15 @@ _HANDLERS: dict[Format, Handler] = {
 }
 
 
+_PACKAGES = frozenset({"xlsx", "docx", "pptx", "odf"})
+
+
+def _reason(reason: str, src: Source) -> str:
+    # A broken zip that was sent as a workbook is better reported as what the sender meant.
+    claim = claimed_type(src.name, src.ctype)
+    return f"corrupt {claim}" if reason == "corrupt zip" and claim in _PACKAGES else reason
+
+
 def extract(src: Source, budget: Budget) -> Iterator[Item]:
     """Items for one part or archive member, whatever its format; never raises but for the budget."""
     budget.check_time()
@@ -60,6 +69,6 @@ def extract(src: Source, budget: Budget) -> Iterator[Item]:
     except BudgetExceededError:
         raise
     except UnscannableError as exc:
-        yield Problem(src.where, exc.reason)
+        yield Problem(src.where, _reason(exc.reason, src))
     except Exception:  # noqa: BLE001 - parsers fed hostile input raise anything; that is unscannable, never a pass
         yield Problem(src.where, f"corrupt {fmt.value}")
