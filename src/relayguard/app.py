@@ -9,10 +9,12 @@ import asyncio
 import contextlib
 import ipaddress
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
-from relayguard import audit
+import uvicorn
+
+from relayguard import audit, notify, quarantine, rewrite
 from relayguard.auth import authenticate
 from relayguard.clock import Clock
 from relayguard.config import Settings, parse_listen
@@ -20,12 +22,22 @@ from relayguard.decision import Action, Decision, Envelope, Submitter
 from relayguard.delivery import DeliveryWorker
 from relayguard.log import get_logger
 from relayguard.policy import engine
-from relayguard.policy.loader import LoadedPolicy, load_policy
+from relayguard.policy.reload import PolicyHolder, install_sighup, watch
 from relayguard.smtp import FrontLimits, RelayHandler, start_server
 from relayguard.store import Store, open_store
 from relayguard.upstream import CaptureUpstream, SmtpUpstream, Upstream
 
 log = get_logger("relayguard")
+
+SWEEP_EVERY = 60.0  # seconds between quarantine expiry / reminder sweeps
+
+
+class _EmbeddedUvicorn(uvicorn.Server):
+    """uvicorn inside our loop: it must not take over SIGTERM/SIGINT, which `serve` owns."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
 
 
 class Relay:
@@ -38,10 +50,11 @@ class Relay:
                                        synchronous=settings.store.synchronous)
         self._upstream_factory = upstream_factory
         self.worker: DeliveryWorker | None = None
+        self.web: _EmbeddedUvicorn | None = None
         self._server: asyncio.AbstractServer | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         # Loaded here, not in start(): a broken policy stops `serve` before it listens.
-        self.policy: LoadedPolicy = load_policy(settings.policy.path)
+        self.policy = PolicyHolder(settings.policy.path)
 
     # -- the pieces --------------------------------------------------------------------------
 
@@ -59,21 +72,26 @@ class Relay:
 
     def decide(self, raw: bytes, envelope: Envelope, submitter: Submitter) -> Decision:
         """The pure engine over the policy in force (runs in an executor thread)."""
-        return engine.decide(raw, envelope, submitter, self.policy, limits=self.settings.scan)
+        return engine.decide(raw, envelope, submitter, self.policy.current, limits=self.settings.scan)
 
     async def commit(self, raw: bytes, envelope: Envelope, submitter: Submitter, decision: Decision,
                      message_id: str | None, subject: str | None) -> str:
-        """The message, its decision and its audit entry in ONE transaction (then the 250)."""
+        """The message, its decision, its audit entry and any hold notices in ONE transaction."""
+        held = decision.action is Action.HOLD
         async with self.store.begin() as conn:
             queue_id = await self.store.accept(raw=raw, envelope=envelope, submitter=submitter,
                                                decision=decision, message_id=message_id,
                                                subject=subject, conn=conn)
             await audit.append(conn, at=self.store.clock.now(), actor=submitter.name,
-                               action="held" if decision.action is Action.HOLD else "decided",
-                               obj=queue_id, details={"action": decision.action.value,
-                                                      "rules": list(decision.rules),
-                                                      "rcpt_count": len(envelope.rcpt_tos),
-                                                      "policy_version": decision.policy_version})
+                               action="held" if held else "decided", obj=queue_id,
+                               details={"action": decision.action.value, "rules": list(decision.rules),
+                                        "findings": {f.kind: f.count for f in decision.findings},
+                                        "rcpt_count": len(envelope.rcpt_tos),
+                                        "policy_version": decision.policy_version})
+            if held:
+                await notify.on_held(conn, self.store, self.settings, queue_id=queue_id,
+                                     envelope=envelope, submitter=submitter, decision=decision,
+                                     subject=subject)
         return queue_id
 
     async def verify_login(self, name: str, password: str, client_ip: str) -> str:
@@ -84,6 +102,23 @@ class Relay:
         """Stable across restarts, distinct between instances (no two share a listen address)."""
         return self.settings.delivery.instance or f"{socket.gethostname()}/{self.settings.smtp.listen}"
 
+    async def _sweep_forever(self) -> None:
+        while True:
+            try:
+                await quarantine.sweep(self.store, self.settings)
+            except Exception:  # noqa: BLE001 - a failed sweep is retried next time round
+                log.exception("quarantine.sweep_failed")
+            await asyncio.sleep(SWEEP_EVERY)
+
+    async def _start_web(self) -> None:
+        from relayguard.web import create_app  # noqa: PLC0415 - FastAPI only when the web UI runs
+
+        host, port = parse_listen(self.settings.web.listen, default_port=8025)
+        config = uvicorn.Config(create_app(self.settings, self.store), host=host, port=port,
+                                log_level="warning", access_log=False, lifespan="off")
+        self.web = _EmbeddedUvicorn(config)
+        self._tasks.append(asyncio.create_task(self.web.serve(), name="web"))
+
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
@@ -93,7 +128,8 @@ class Relay:
             log.warning("relay.leases_released", owner=owner, count=released,
                         note="mail claimed before an unclean stop is delivered again")
         self.worker = DeliveryWorker(self.store, self.upstream_factory(), self.settings.delivery,
-                                     hostname=self.settings.smtp.hostname, owner=owner)
+                                     prepare=rewrite.apply, hostname=self.settings.smtp.hostname,
+                                     owner=owner)
         handler = RelayHandler(
             limits=FrontLimits(
                 max_recipients=self.settings.smtp.max_recipients,
@@ -102,8 +138,17 @@ class Relay:
             decide=self.decide, commit=self.commit, on_accepted=self.worker.wake)
         self._server = await start_server(handler, settings=self.settings.smtp, verify=self.verify_login)
         self._tasks.append(asyncio.create_task(self.worker.run(), name="delivery"))
+        self._tasks.append(asyncio.create_task(self._sweep_forever(), name="sweep"))
+        if self.settings.policy.watch:
+            self._tasks.append(asyncio.create_task(watch(self.policy), name="policy-watch"))
+        with contextlib.suppress(NotImplementedError, RuntimeError):  # no signals off the main thread
+            install_sighup(asyncio.get_running_loop(), self.policy)
+        if self.settings.web.enabled:
+            await self._start_web()
         host, port = parse_listen(self.settings.smtp.listen, default_port=2525)
         log.info("relay.started", smtp=f"{host}:{port}", store=self.store.engine.dialect.name,
+                 web=self.settings.web.listen if self.settings.web.enabled else None,
+                 policy_version=self.policy.version[:12],
                  upstream="capture" if self.settings.capture_mode else
                  f"{self.settings.upstream.host}:{self.settings.upstream.port}")
 
@@ -118,11 +163,14 @@ class Relay:
             self._server.close()
         if self.worker is not None:
             self.worker.stop()
+        if self.web is not None:
+            self.web.should_exit = True
         for task in self._tasks:
-            task.cancel()
+            if task.get_name() != "web":
+                task.cancel()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+                await asyncio.wait_for(task, 10)
         self._tasks.clear()
         await self.store.close()
         log.info("relay.stopped")
