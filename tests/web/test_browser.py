@@ -25,6 +25,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")
+# Screenshots for docs/ only when asked (RELAYGUARD_SCREENSHOTS=1), so a test run leaves the tree clean.
 SHOTS = ROOT / "docs" / "screenshots"
 CORPUS = Path(os.environ.get("RELAYGUARD_CORPUS", "/work/shared/corpus"))
 NHS = "4366141345"  # in nhs-number-to-gmail.eml
@@ -66,20 +67,27 @@ async def _wait_up(url: str) -> None:
     raise AssertionError(f"web UI did not come up at {url}")
 
 
-async def _login(browser: Any, base: str, name: str, shot: str | None = None) -> Any:
+@pytest.fixture
+def shots(tmp_path: Path) -> Path:
+    where = SHOTS if os.environ.get("RELAYGUARD_SCREENSHOTS") == "1" else tmp_path
+    where.mkdir(parents=True, exist_ok=True)
+    return where
+
+
+async def _login(browser: Any, base: str, name: str, shot: Path | None = None) -> Any:
     page = await (await browser.new_context()).new_page()
     await page.goto(f"{base}/login")
     await page.get_by_label("Name").fill(name)
     await page.get_by_label("Password").fill(PASSWORD)
     if shot:
-        await page.screenshot(path=str(SHOTS / shot), full_page=True)
+        await page.screenshot(path=str(shot), full_page=True)
     await page.get_by_role("button", name="Log in").click()
     await page.wait_for_url(f"{base}/held")
     return page
 
 
-async def _shot(page: Any, name: str) -> None:
-    await page.screenshot(path=str(SHOTS / name), full_page=True)
+async def _shot(page: Any, path: Path) -> None:
+    await page.screenshot(path=str(path), full_page=True)
 
 
 def _cli(store_url: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -89,10 +97,9 @@ def _cli(store_url: str, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 async def test_held_message_released_by_second_person(browser: Any, relay_factory: Any, sink: Any,
-                                                       store_url: str) -> None:
+                                                       store_url: str, shots: Path) -> None:
     """Held over SMTP; the sender cannot approve; a reviewer unmasks with a reason and approves;
     the sink gets it; the audit view lists every step; audit verify passes, then fails after an edit."""
-    SHOTS.mkdir(parents=True, exist_ok=True)
     port = _free_port()
     relay = await relay_factory(web={"enabled": True, "listen": f"127.0.0.1:{port}",
                                      "secret_key": "browser-test-secret"})
@@ -109,29 +116,29 @@ async def test_held_message_released_by_second_person(browser: Any, relay_factor
     await _wait_up(f"{base}/login")
 
     # The sender sees their message and may ask for release, but has no way to approve it.
-    alice = await _login(browser, base, "alice", shot="login.png")
-    await _shot(alice, "held-sender.png")
+    alice = await _login(browser, base, "alice", shot=shots / "login.png")
+    await _shot(alice, shots / "held-sender.png")
     await alice.get_by_role("link", name="Your results").click()
     assert await alice.get_by_role("button", name="Approve").count() == 0
     assert NHS not in await alice.content()
-    await _shot(alice, "message-sender.png")
+    await _shot(alice, shots / "message-sender.png")
     forced = await alice.context.request.post(f"{base}/messages/{held.id}/approve",
                                               form={"csrf": csrf_of(await alice.content())})
     assert forced.status == 403
 
     # A reviewer sees masked identifiers, unmasks with a reason, approves.
     rita = await _login(browser, base, "rita")
-    await _shot(rita, "held.png")
+    await _shot(rita, shots / "held.png")
     await rita.get_by_role("link", name="Your results").click()
     assert NHS not in await rita.content()
-    await _shot(rita, "message.png")
+    await _shot(rita, shots / "message.png")
     await rita.get_by_label("Why do you need to see the identifiers?").fill("confirm the patient")
     await rita.get_by_role("button", name="Show unmasked").click()
     await rita.get_by_text("UNMASKED (audited)").wait_for()
     assert NHS in await rita.content()
     await rita.get_by_role("button", name="Approve").click()
     await rita.get_by_text("Approved and released for delivery.").wait_for()
-    await _shot(rita, "approved.png")
+    await _shot(rita, shots / "approved.png")
 
     # The message reaches the upstream (notices to the sender travel the same way).
     for _ in range(200):
@@ -147,10 +154,10 @@ async def test_held_message_released_by_second_person(browser: Any, relay_factor
     for step in ("held", "viewed", "unmasked", "approved", "delivered"):
         assert step in text, step
     assert "Chain intact" in text
-    await _shot(ada, "audit.png")
+    await _shot(ada, shots / "audit.png")
     await ada.goto(f"{base}/history")
     assert held.id in await ada.content()
-    await _shot(ada, "history.png")
+    await _shot(ada, shots / "history.png")
 
     if store_url.startswith("sqlite"):
         assert _cli(store_url, "audit", "verify").returncode == 0
