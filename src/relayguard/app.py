@@ -9,18 +9,20 @@ import asyncio
 import contextlib
 import ipaddress
 import socket
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import uvicorn
 
-from relayguard import audit, notify, quarantine, rewrite
+from relayguard import alerts, audit, notify, quarantine, retention, rewrite
 from relayguard.auth import authenticate
 from relayguard.clock import Clock
 from relayguard.config import Settings, parse_listen
 from relayguard.decision import Action, Decision, Envelope, Submitter
 from relayguard.delivery import DeliveryWorker
 from relayguard.log import get_logger
+from relayguard.metrics import Metrics
 from relayguard.policy import engine
 from relayguard.policy.reload import PolicyHolder, install_sighup, watch
 from relayguard.smtp import FrontLimits, RelayHandler, start_server
@@ -30,6 +32,8 @@ from relayguard.upstream import CaptureUpstream, SmtpUpstream, Upstream
 log = get_logger("relayguard")
 
 SWEEP_EVERY = 60.0  # seconds between quarantine expiry / reminder sweeps
+ALERT_EVERY = 60.0  # seconds between alert checks
+PURGE_EVERY = 600.0  # seconds between retention runs
 
 
 class _EmbeddedUvicorn(uvicorn.Server):
@@ -53,6 +57,9 @@ class Relay:
         self.web: _EmbeddedUvicorn | None = None
         self._server: asyncio.AbstractServer | None = None
         self._tasks: list[asyncio.Task[Any]] = []
+        self.metrics = Metrics()
+        # id(decision) -> when its decision started; commit() pops it to time end of DATA -> commit.
+        self._deciding: dict[int, float] = {}
         # Loaded here, not in start(): a broken policy stops `serve` before it listens.
         self.policy = PolicyHolder(settings.policy.path)
 
@@ -72,7 +79,13 @@ class Relay:
 
     def decide(self, raw: bytes, envelope: Envelope, submitter: Submitter) -> Decision:
         """The pure engine over the policy in force (runs in an executor thread)."""
-        return engine.decide(raw, envelope, submitter, self.policy.current, limits=self.settings.scan)
+        started = time.perf_counter()
+        decision = engine.decide(raw, envelope, submitter, self.policy.current, limits=self.settings.scan)
+        self.metrics.decision_seconds.observe(time.perf_counter() - started)
+        if len(self._deciding) > 10_000:  # only clients that vanished mid-DATA leave entries behind
+            self._deciding.clear()
+        self._deciding[id(decision)] = started
+        return decision
 
     async def commit(self, raw: bytes, envelope: Envelope, submitter: Submitter, decision: Decision,
                      message_id: str | None, subject: str | None) -> str:
@@ -92,6 +105,9 @@ class Relay:
                 await notify.on_held(conn, self.store, self.settings, queue_id=queue_id,
                                      envelope=envelope, submitter=submitter, decision=decision,
                                      subject=subject)
+        started = self._deciding.pop(id(decision), None)
+        if started is not None:
+            self.metrics.on_decided(decision.action, accept_s=time.perf_counter() - started)
         return queue_id
 
     async def verify_login(self, name: str, password: str, client_ip: str) -> str:
@@ -110,11 +126,32 @@ class Relay:
                 log.exception("quarantine.sweep_failed")
             await asyncio.sleep(SWEEP_EVERY)
 
+    async def check_alerts(self) -> None:
+        for alert in await alerts.check(self.store, self.settings):
+            self.metrics.alerts.labels(kind=alert.kind).inc()
+
+    async def purge(self) -> None:
+        await retention.purge(self.store, self.settings)
+
+    def _repeat(self, job: Callable[[], Awaitable[None]], every: float, name: str) -> None:
+        """Run ``job`` now and every ``every`` seconds; a failure is logged and retried next round."""
+        async def loop() -> None:
+            while True:
+                try:
+                    await job()
+                except Exception:  # the relay must outlive a failed background job
+                    log.exception(f"{name}.failed")
+                await asyncio.sleep(every)
+
+        self._tasks.append(asyncio.create_task(loop(), name=name))
+
     async def _start_web(self) -> None:
-        from relayguard.web import create_app  # noqa: PLC0415 - FastAPI only when the web UI runs
+        from relayguard.web import create_app, health  # noqa: PLC0415 - FastAPI only when the web UI runs
 
         host, port = parse_listen(self.settings.web.listen, default_port=8025)
-        config = uvicorn.Config(create_app(self.settings, self.store), host=host, port=port,
+        web_app = create_app(self.settings, self.store)
+        health.install(web_app, settings=self.settings, store=self.store, metrics=self.metrics)
+        config = uvicorn.Config(web_app, host=host, port=port,
                                 log_level="warning", access_log=False, lifespan="off")
         self.web = _EmbeddedUvicorn(config)
         self._tasks.append(asyncio.create_task(self.web.serve(), name="web"))
@@ -130,6 +167,7 @@ class Relay:
         self.worker = DeliveryWorker(self.store, self.upstream_factory(), self.settings.delivery,
                                      prepare=rewrite.apply, hostname=self.settings.smtp.hostname,
                                      owner=owner)
+        self.worker.on_outcome = self.metrics.on_outcome
         handler = RelayHandler(
             limits=FrontLimits(
                 max_recipients=self.settings.smtp.max_recipients,
@@ -139,6 +177,8 @@ class Relay:
         self._server = await start_server(handler, settings=self.settings.smtp, verify=self.verify_login)
         self._tasks.append(asyncio.create_task(self.worker.run(), name="delivery"))
         self._tasks.append(asyncio.create_task(self._sweep_forever(), name="sweep"))
+        self._repeat(self.check_alerts, ALERT_EVERY, "alerts")
+        self._repeat(self.purge, PURGE_EVERY, "retention")
         if self.settings.policy.watch:
             self._tasks.append(asyncio.create_task(watch(self.policy), name="policy-watch"))
         with contextlib.suppress(NotImplementedError, RuntimeError):  # no signals off the main thread

@@ -90,6 +90,7 @@ class DeliveryWorker:
         self.hostname = hostname
         self.owner = owner or f"{socket.gethostname()}:{id(self):x}"
         self._wake = asyncio.Event()
+        self.on_outcome: Callable[[StoredMessage, Outcome], None] = lambda msg, outcome: None  # metrics
         self._stopping = False
 
     def wake(self) -> None:
@@ -102,10 +103,9 @@ class DeliveryWorker:
         senders = [asyncio.create_task(self._sender(queue)) for _ in range(n)]
         try:
             while not self._stopping:
-                room = queue.maxsize - queue.qsize()
-                batch = await self._claim(min(room, self.settings.batch)) if room else []
+                batch = await self._claim(self.settings.batch)
                 for msg in batch:
-                    await queue.put(msg)
+                    await queue.put(msg)  # waits while every sender is busy: back-pressure
                 if not batch:
                     self._wake.clear()
                     with contextlib.suppress(TimeoutError):
@@ -164,6 +164,7 @@ class DeliveryWorker:
                                                      data, msg.id))
         outcome = settle(msg, results, now=self.store.clock.now(), settings=self.settings)
         await self._commit(msg, outcome)
+        self.on_outcome(msg, outcome)
         log.info("delivery.attempt", queue_id=msg.id, message_id=msg.message_id,
                  attempt=msg.attempts + 1, rcpt_count=len(pending), outcome=outcome.state.value,
                  upstream_reply=(outcome.error or "250")[:120],

@@ -8,6 +8,8 @@ from relayguard.cli import audit as audit_cli
 from relayguard.cli import capture as capture_cli
 from relayguard.cli import policy as policy_cli
 from relayguard.cli import quarantine as quarantine_cli
+from relayguard.cli import queue as queue_cli
+from relayguard.cli import report as report_cli
 from relayguard.cli import serve as serve_cli
 from relayguard.cli import users as users_cli
 
@@ -24,6 +26,8 @@ app.add_typer(capture_cli.app, name="capture")
 app.add_typer(quarantine_cli.app, name="quarantine")
 app.add_typer(audit_cli.app, name="audit")
 app.add_typer(users_cli.app, name="users")
+app.add_typer(queue_cli.app, name="queue")
+app.add_typer(report_cli.app, name="report")
 
 
 def main() -> None:
