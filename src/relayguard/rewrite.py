@@ -30,6 +30,7 @@ from relayguard.message import (
 TRACE_HEADER = "X-Relayguard-Rewrite"
 UNDISCLOSED = "undisclosed-recipients:;"
 _OURS = frozenset({"to", "subject", TRACE_HEADER.lower()})
+_BLIND = frozenset({"bcc", "resent-bcc"})
 _RULE = re.compile(r"[A-Za-z0-9_.-]+")
 _TAG = re.compile(r"[\x20-\x7e]{1,40}")
 _SAFE_ADDRESS = re.compile(r"[^\s<>,;:\"()\[\]\\]+@[^\s<>,;:\"()\[\]\\@]+")
@@ -44,15 +45,19 @@ Copy = tuple[Envelope, bytes]
 
 def apply(raw: bytes, decision: Decision, envelope: Envelope) -> list[Copy]:
     """The copies to send for ``decision``: one for deliver/bcc, one per visible recipient for
-    ``individual`` (plus one bcc-style copy for envelope-only recipients).
+    ``individual`` (plus one bcc-style copy for envelope-only recipients). ``Bcc`` and
+    ``Resent-Bcc`` fields are removed from every copy, whatever the decision.
 
     The action is not consulted: a held message that is later approved is rewritten the same way.
     Raises :class:`RewriteError` rather than return a copy that fails verification.
     """
-    if decision.rewrite is None and not decision.tag_subject:
-        return [(envelope, raw)]
     block = split_header_block(raw)
-    fields = tag_subject(list(block.fields), decision.tag_subject, block.newline)
+    blind = [f for f in block.fields if f.lname in _BLIND]
+    if decision.rewrite is None and not decision.tag_subject and not blind:
+        return [(envelope, raw)]
+    # A Bcc field a client left in would show every blind recipient to everyone: never forwarded.
+    kept = [f for f in block.fields if f.lname not in _BLIND]
+    fields = tag_subject(kept, decision.tag_subject, block.newline)
     trace = _trace_value(decision)
     if decision.rewrite is Rewrite.INDIVIDUAL:
         plan = _individual_plan(block, envelope)

@@ -25,8 +25,8 @@ def address_problem(address: str, *, utf8: bool = False) -> str | None:
         return "control characters in address"
     if address.startswith("@") or ":" in address:
         return "source routes are not accepted"
-    if "%" in address or "!" in address.partition("@")[2]:
-        return "percent-hack routing is not accepted"
+    if "%" in address or "!" in address:  # user%host@relay, host!user@relay (UUCP bang path)
+        return "percent-hack or bang-path routing is not accepted"
     if '"' in address or "\\" in address:
         return "quoted local parts are not accepted"
     if "[" in address:

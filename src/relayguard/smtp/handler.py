@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import re
 import time
 import traceback
 from collections.abc import Awaitable, Callable
@@ -34,6 +35,9 @@ Committer = Callable[[bytes, Envelope, Submitter, Decision, str | None, str | No
 
 _HEADER_PARSER = BytesHeaderParser(policy=compat32)
 
+# The line endings aiosmtplib rewrites to CRLF when it sends (its LINE_ENDINGS_REGEX).
+_LINE_END = re.compile(rb"\r\n|\n|\r(?!\n)")
+
 
 @dataclass(frozen=True, slots=True)
 class FrontLimits:
@@ -51,6 +55,19 @@ def reply_for(decision: Decision, queue_id: str) -> str:
     return f"250 2.0.0 Ok: queued as {queue_id}"
 
 
+def canonical_line_endings(raw: bytes) -> bytes:
+    """``raw`` with every bare LF and bare CR made CRLF, ending in CRLF.
+
+    SMTP smuggling (December 2023) hides ``<LF>.<CR><LF>`` or ``<CR>.<CR>`` inside DATA so that a
+    lenient upstream reads an end of data, and then a second message, where we saw one. aiosmtpd
+    ends DATA only at ``<CR><LF>.<CR><LF>``, and aiosmtplib turns bare line ends into dot-stuffed
+    CRLF lines when it sends. Doing the same here, before the policy looks, means the policy, the
+    store and the upstream all see the same bytes, and none of them contains a bare CR or LF.
+    """
+    out = _LINE_END.sub(b"\r\n", raw)
+    return out if out.endswith(b"\r\n") else out + b"\r\n"
+
+
 def _headers_of(raw: bytes) -> tuple[str | None, str | None]:
     """Message-ID and Subject, for the log and the store (the header block only)."""
     end = raw.find(b"\r\n\r\n")
@@ -59,6 +76,12 @@ def _headers_of(raw: bytes) -> tuple[str | None, str | None]:
     mid, subject = msg.get("Message-ID"), msg.get("Subject")
     return (safe(str(mid).strip(), 300) if mid else None,
             safe(str(subject).strip(), 500) if subject else None)
+
+
+def _sender(envelope: SmtpEnvelope) -> str:
+    """The envelope sender as stored: "" for the null sender ``<>``."""
+    mail_from = envelope.mail_from or ""
+    return "" if mail_from == "<>" else mail_from
 
 
 def _peer_ip(session: Session) -> str:
@@ -88,17 +111,17 @@ class RelayHandler:
         ip = _peer_ip(session)
         if session.authenticated and session.auth_data:
             return Submitter(name=str(session.auth_data), kind=SubmitterKind.USER, client_addr=ip)
-        return Submitter(name=envelope.mail_from or f"<>@{ip}", kind=SubmitterKind.NETWORK,
+        return Submitter(name=_sender(envelope) or f"<>@{ip}", kind=SubmitterKind.NETWORK,
                          client_addr=ip)
 
     async def handle_MAIL(self, server: SMTP, session: Session, envelope: SmtpEnvelope,  # noqa: N802
                           address: str, mail_options: list[str]) -> str:
         if not session.authenticated and not self.is_trusted(session):
             return "530 5.7.0 Authentication required"
-        # aiosmtpd reports the null sender as "<>"; store it empty so bounces are never bounced.
-        address = "" if address == "<>" else address
+        # aiosmtpd reports the null sender as "<>" and must keep it so (an empty mail_from reads
+        # as "no MAIL yet" and RCPT gets 503); _sender() stores it empty: bounces are never bounced.
         utf8 = "SMTPUTF8" in (o.upper() for o in mail_options)
-        if address and (problem := address_problem(address, utf8=utf8)):
+        if address != "<>" and (problem := address_problem(address, utf8=utf8)):
             return f"553 5.1.7 Sender address refused: {problem}"
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
@@ -120,11 +143,13 @@ class RelayHandler:
     async def handle_DATA(self, server: SMTP, session: Session,  # noqa: N802
                           envelope: SmtpEnvelope) -> str:
         started = time.perf_counter()
-        raw = envelope.original_content or b""
-        env = Envelope(mail_from=envelope.mail_from or "", rcpt_tos=tuple(envelope.rcpt_tos))
+        loop = asyncio.get_running_loop()
+        # Off the loop: a 30 MB message takes tens of milliseconds to scan for line endings.
+        raw = await loop.run_in_executor(self.executor, canonical_line_endings,
+                                         envelope.original_content or b"")
+        env = Envelope(mail_from=_sender(envelope), rcpt_tos=tuple(envelope.rcpt_tos))
         submitter = self.submitter_of(session, envelope)
         message_id, subject = _headers_of(raw)
-        loop = asyncio.get_running_loop()
         decision = await loop.run_in_executor(self.executor, self.decide, raw, env, submitter)
         try:
             queue_id = await self.commit(raw, env, submitter, decision, message_id, subject)

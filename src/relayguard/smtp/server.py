@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -21,6 +22,14 @@ log = get_logger("relayguard.smtp")
 # verify(name, password, client_ip) -> account name; raises AuthError.
 Verifier = Callable[[str, str, str], Awaitable[str]]
 
+# AUTH back-off per client address: the n-th failure in a row waits BASE * 2**(n-1) seconds,
+# at most MAX, before its 535. auth.py locks the account after 5 failures; this slows a guesser
+# who sprays many accounts from one address. Forgotten FORGET seconds after the last failure.
+AUTH_BACKOFF_BASE = 0.5
+AUTH_BACKOFF_MAX = 8.0
+AUTH_BACKOFF_FORGET = 15 * 60.0
+_MAX_TRACKED = 10_000  # bounds memory when failures come from many addresses
+
 
 def _extract_only(server: SMTP, session: Any, envelope: Any, mechanism: str,
                   auth_data: Any) -> AuthResult:
@@ -29,12 +38,19 @@ def _extract_only(server: SMTP, session: Any, envelope: Any, mechanism: str,
     return AuthResult(success=True, auth_data=auth_data)
 
 
+def _source_routed(arg: str | None) -> bool:
+    """``FROM:<@a,@b:x@y>`` / ``TO: <@a:x@y>`` (RFC 5321 obsolete source route)."""
+    path = (arg or "").partition(":")[2].lstrip()
+    return path.startswith(("<@", "@"))
+
+
 class SessionLimiter:
     """Counts open sessions, in all and per client address."""
 
     def __init__(self, *, total: int, per_ip: int) -> None:
         self.total, self.per_ip = total, per_ip
         self.open: Counter[str] = Counter()
+        self.auth_failures: dict[str, tuple[int, float]] = {}  # ip -> (failures in a row, last)
 
     def admit(self, ip: str) -> bool:
         if sum(self.open.values()) >= self.total or self.open[ip] >= self.per_ip:
@@ -46,6 +62,20 @@ class SessionLimiter:
         self.open[ip] -= 1
         if self.open[ip] <= 0:
             del self.open[ip]
+
+    def auth_failed(self, ip: str) -> float:
+        """Record a failed AUTH from ``ip``; the seconds to wait before answering it."""
+        now = time.monotonic()
+        count, last = self.auth_failures.get(ip, (0, now))
+        if now - last > AUTH_BACKOFF_FORGET:
+            count = 0
+        if len(self.auth_failures) >= _MAX_TRACKED:
+            self.auth_failures.clear()
+        self.auth_failures[ip] = (count + 1, now)
+        return float(min(AUTH_BACKOFF_BASE * 2 ** count, AUTH_BACKOFF_MAX))
+
+    def auth_succeeded(self, ip: str) -> None:
+        self.auth_failures.pop(ip, None)
 
 
 class RelaySMTP(SMTP):
@@ -94,6 +124,20 @@ class RelaySMTP(SMTP):
             self._admitted_ip = None
         super().connection_lost(error)
 
+    # aiosmtpd drops a source route (``<@a:b@c>`` becomes ``b@c``) before the handler's hook sees
+    # the address, so address_problem() never could refuse it: look at the raw argument here.
+    async def smtp_MAIL(self, arg: str) -> None:  # noqa: N802
+        if _source_routed(arg):
+            await self.push("553 5.1.7 Sender address refused: source routes are not accepted")
+            return
+        await super().smtp_MAIL(arg)
+
+    async def smtp_RCPT(self, arg: str) -> None:  # noqa: N802
+        if _source_routed(arg):
+            await self.push("553 5.1.3 Recipient address refused: source routes are not accepted")
+            return
+        await super().smtp_RCPT(arg)
+
     async def _verified(self, result: AuthResult) -> AuthResult:
         if not result.success or not isinstance(result.auth_data, LoginPassword):
             return result
@@ -103,9 +147,13 @@ class RelaySMTP(SMTP):
         try:
             account = await self._verify(name, creds.password.decode("utf-8", "replace"), ip)
         except AuthError as exc:
-            log.warning("smtp.auth_failed", user=safe(name), client=ip, reason=str(exc))
+            delay = self._limiter.auth_failed(ip)
+            log.warning("smtp.auth_failed", user=safe(name), client=ip, reason=str(exc),
+                        backoff_s=delay)
+            await asyncio.sleep(delay)
             return AuthResult(success=False, handled=False,
                               message="535 5.7.8 Authentication credentials invalid")
+        self._limiter.auth_succeeded(ip)
         return AuthResult(success=True, auth_data=account)
 
     async def auth_PLAIN(self, _: Any, args: list[str]) -> AuthResult:  # noqa: N802
