@@ -70,8 +70,9 @@ def find_ids(text: str, cells: Cells | None = None, support: list[int] | None = 
         kind = classify(digits)
         if kind is None:
             continue
-        confident = (_has_cue(text, start, end) or _header_supports(cells, start)
-                     or _same_line(text, start, support or []))
+        # Cheapest evidence first: a header lookup, then the row, then the cue-word search.
+        confident = (_header_supports(cells, start) or _same_line(text, start, support or [])
+                     or _has_cue(text, start, end))
         found.append(Match(kind, digits, start, end, confident))
     return found
 
@@ -114,27 +115,28 @@ def find_postcodes(text: str) -> list[Match]:
 def find_dobs(text: str, cells: Cells | None = None) -> list[Match]:
     """Dates next to a birth cue word, or in a column headed like "DOB"."""
     spans: dict[int, Match] = {}
+    today = dt.date.today()
     for cue in p.DOB_CUE_RE.finditer(text):
         lo = max(0, cue.start() - p.DOB_BEFORE)
         for m in p.DATE_RE.finditer(text, lo, cue.end() + p.DOB_AFTER):
-            _add_date(spans, m)
+            _add_date(spans, m, today)
     if cells is not None and any(h and _is_dob_header(h) for h in set(cells.headers)):
         for m in p.DATE_RE.finditer(text):
             header = header_at(cells, m.start())
             if header and _is_dob_header(header):
-                _add_date(spans, m)
+                _add_date(spans, m, today)
     return sorted(spans.values(), key=lambda x: x.start)
 
 
-def _add_date(spans: dict[int, Match], m: re.Match[str]) -> None:
+def _add_date(spans: dict[int, Match], m: re.Match[str], today: dt.date) -> None:
     if m.start() in spans:
         return
-    born = parse_date(m)
+    born = parse_date(m, today)
     if born is not None:
         spans[m.start()] = Match(DOB, born.isoformat(), m.start(), m.end())
 
 
-def parse_date(m: re.Match[str]) -> dt.date | None:
+def parse_date(m: re.Match[str], today: dt.date) -> dt.date | None:
     """The date a :data:`patterns.DATE_RE` match names, if it is a plausible birth date."""
     g = m.groupdict()
     if g["d"]:
@@ -147,7 +149,7 @@ def parse_date(m: re.Match[str]) -> dt.date | None:
         born = dt.date(year, month, day)
     except ValueError:
         return None
-    return born if year >= _EARLIEST_BIRTH_YEAR and born <= dt.date.today() else None
+    return born if year >= _EARLIEST_BIRTH_YEAR and born <= today else None
 
 
 def _full_year(text: str) -> int:

@@ -88,6 +88,15 @@ class SafeZip:
         return io.BufferedReader(BoundedReader(raw, limit=limit, budget=self.budget, kind=self.kind),
                                  buffer_size=CHUNK)
 
+    def stream(self, name: str) -> IO[bytes]:
+        """Member ``name`` for streaming parsers: bounded by ratio and deadline, not by size.
+
+        A streamed part is never held whole, so the per-part size limit would only refuse big
+        but honest workbooks; the ratio limit still stops bombs.
+        """
+        limits = self.budget.limits
+        return self.open(name, cap=int(limits.max_ratio * limits.max_part_bytes))
+
     def read(self, name: str, *, cap: int | None = None) -> bytes:
         """The whole member ``name``, read in chunks and counted against the decoded total."""
         with self.open(name, cap=cap) as stream:

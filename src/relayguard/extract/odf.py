@@ -31,6 +31,6 @@ def extract_odf(src: Source, budget: Budget) -> Iterator[TextUnit]:
         raise UnscannableError("encrypted odf document")
     for name in _PARTS:
         if pkg.has(name):
-            with pkg.open(name, cap=budget.limits.max_decoded_bytes) as stream:
+            with pkg.stream(name) as stream:
                 yield from layout_text(stream, _ODF, where=f"{src.where}/{name[:-4]}", kind="odf",
                                        budget=budget)

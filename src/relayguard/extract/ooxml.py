@@ -57,7 +57,7 @@ _DIGITS = "0123456789"
 
 def _layout_units(pkg: SafeZip, name: str, layout: Layout, *, where: str, kind: str,
                   budget: Budget) -> Iterator[TextUnit]:
-    with pkg.open(name, cap=budget.limits.max_decoded_bytes) as stream:
+    with pkg.stream(name) as stream:
         yield from layout_text(stream, layout, where=where, kind=kind, budget=budget)
 
 
@@ -89,7 +89,7 @@ def extract_xlsx(src: Source, budget: Budget) -> Iterator[TextUnit]:
     book = _Workbook(pkg, budget)
     for part, sheet in book.sheet_parts():
         writer = TableWriter(f"{src.where}/{sheet}", budget)
-        with pkg.open(part, cap=budget.limits.max_decoded_bytes) as stream:
+        with pkg.stream(part) as stream:
             yield from writer.rows(_sheet_rows(stream, book.strings))
     for name in pkg.names():
         m = _XLSX_EXTRA.fullmatch(name)
@@ -140,7 +140,7 @@ class _Workbook:
 
     def _shared_strings(self, name: str) -> list[str]:
         out: list[str] = []
-        with self.pkg.open(name, cap=self.budget.limits.max_decoded_bytes) as stream:
+        with self.pkg.stream(name) as stream:
             for _, elem in events(stream, kind="xlsx"):
                 if elem.tag in _SI:
                     out.append("".join(t.text or "" for t in elem.iter() if t.tag in _T))
@@ -224,7 +224,7 @@ def _column(index: int) -> str:
 def _pivot_values(pkg: SafeZip, name: str, where: str, budget: Budget) -> Iterator[TextUnit]:
     # Pivot caches keep a copy of the source data as attributes: <s v="..."/>, <n v="..."/>.
     values: list[str] = []
-    with pkg.open(name, cap=budget.limits.max_decoded_bytes) as stream:
+    with pkg.stream(name) as stream:
         for _, elem in events(stream, kind="xlsx"):
             v = elem.get("v")
             if v:
