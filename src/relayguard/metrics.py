@@ -4,7 +4,8 @@ Two kinds of figure, on purpose:
 
 - **This instance's events** are ordinary counters and histograms, incremented where the event
   happens: ``relayguard_accepted_total``, ``…_rejected_total``, ``…_held_total``,
-  ``…_delivered_total``, ``…_deferred_total``, ``…_bounced_total{reason}``, ``…_alerts_total{kind}``,
+  ``…_delivered_total{origin}``, ``…_deferred_total``, ``…_bounced_total{origin,reason}``,
+  ``…_alerts_total{kind}``,
   ``relayguard_decision_seconds``, ``relayguard_accept_seconds``. With several instances, each is
   scraped and the figures are summed (``sum without(instance)``), the Prometheus convention.
 - **The shared store's state** is read from the database at scrape time, so every instance reports
@@ -44,10 +45,11 @@ class Metrics:
                                 registry=r)
         self.rejected = Counter("relayguard_rejected", "Messages refused by policy (550)", registry=r)
         self.held = Counter("relayguard_held", "Messages held for review on arrival", registry=r)
-        self.delivered = Counter("relayguard_delivered", "Messages delivered upstream", registry=r)
+        self.delivered = Counter("relayguard_delivered", "Messages delivered upstream", ["origin"],
+                                 registry=r)
         self.deferred = Counter("relayguard_deferred", "Attempts that left a message queued for retry",
                                 registry=r)
-        self.bounced = Counter("relayguard_bounced", "Messages bounced", ["reason"], registry=r)
+        self.bounced = Counter("relayguard_bounced", "Messages bounced", ["origin", "reason"], registry=r)
         self.alerts = Counter("relayguard_alerts", "Alerts raised", ["kind"], registry=r)
         self.decision_seconds = Histogram("relayguard_decision_seconds",
                                           "Policy decision (parse, extract, detect) per message",
@@ -81,9 +83,9 @@ class Metrics:
     def on_outcome(self, msg: StoredMessage, outcome: Outcome) -> None:
         """One delivery attempt committed (DeliveryWorker hook)."""
         if outcome.state is State.DELIVERED:
-            self.delivered.inc()
+            self.delivered.labels(origin=msg.origin).inc()
         elif outcome.state is State.BOUNCED:
-            self.bounced.labels(reason=bounce_reason(outcome)).inc()
+            self.bounced.labels(origin=msg.origin, reason=bounce_reason(outcome)).inc()
         elif outcome.state is State.QUEUED:
             self.deferred.inc()
 
