@@ -7,6 +7,7 @@ translated here into :class:`DeliveryError` carrying the upstream's code.
 
 from __future__ import annotations
 
+import re
 import ssl
 from typing import Protocol
 
@@ -19,6 +20,10 @@ from relayguard.store import Store
 
 # rcpt -> (code, reply text)
 Results = dict[str, tuple[int, str]]
+
+# Reject all C0 controls + DEL in envelope addresses: aiosmtplib would not send the CR/LF, but it
+# quietly parses "a@b\r\nRCPT TO:<c@d>" down to "a@b", so the mail would go somewhere unjudged.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class Upstream(Protocol):
@@ -59,6 +64,8 @@ class SmtpUpstream:
         return self._client
 
     async def send(self, envelope: Envelope, raw: bytes, *, queue_id: str) -> Results:
+        if any(_CONTROL.search(a) for a in (envelope.mail_from, *envelope.rcpt_tos)):
+            raise DeliveryError("control characters in an envelope address", code=0, permanent=True)
         try:
             return await self._send_once(envelope, raw)
         except aiosmtplib.SMTPServerDisconnected:
@@ -82,7 +89,8 @@ class SmtpUpstream:
             await self._reset()
             raise DeliveryError(f"upstream said {exc.code} {exc.message}"[:300], code=exc.code,
                                 permanent=500 <= exc.code < 600) from exc
-        except (aiosmtplib.SMTPException, OSError, ssl.SSLError) as exc:
+        except (aiosmtplib.SMTPException, OSError, ssl.SSLError, ValueError) as exc:
+            # ValueError: aiosmtplib refusing a setting, e.g. a HELO name with a CR/LF in it.
             await self.close()
             raise DeliveryError(f"upstream unreachable: {type(exc).__name__}: {exc}"[:300]) from exc
         results: Results = dict.fromkeys(envelope.rcpt_tos, (250, "ok"))
