@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import uvicorn
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from relayguard import alerts, audit, notify, quarantine, retention, rewrite
 from relayguard.auth import authenticate
@@ -90,24 +91,31 @@ class Relay:
     async def commit(self, raw: bytes, envelope: Envelope, submitter: Submitter, decision: Decision,
                      message_id: str | None, subject: str | None) -> str:
         """The message, its decision, its audit entry and any hold notices in ONE transaction."""
-        held = decision.action is Action.HOLD
-        async with self.store.begin() as conn:
-            queue_id = await self.store.accept(raw=raw, envelope=envelope, submitter=submitter,
-                                               decision=decision, message_id=message_id,
-                                               subject=subject, conn=conn)
-            await audit.append(conn, at=self.store.clock.now(), actor=submitter.name,
-                               action="held" if held else "decided", obj=queue_id,
-                               details={"action": decision.action.value, "rules": list(decision.rules),
-                                        "findings": {f.kind: f.count for f in decision.findings},
-                                        "rcpt_count": len(envelope.rcpt_tos),
-                                        "policy_version": decision.policy_version})
-            if held:
-                await notify.on_held(conn, self.store, self.settings, queue_id=queue_id,
-                                     envelope=envelope, submitter=submitter, decision=decision,
-                                     subject=subject)
+        queue_id = await self.store.batched(
+            lambda conn: self._commit_in(conn, raw, envelope, submitter, decision, message_id, subject))
+        # Counted once committed: a group commit that fails is re-run message by message.
         started = self._deciding.pop(id(decision), None)
         if started is not None:
             self.metrics.on_decided(decision.action, accept_s=time.perf_counter() - started)
+        return queue_id
+
+    async def _commit_in(self, conn: AsyncConnection, raw: bytes, envelope: Envelope,
+                         submitter: Submitter, decision: Decision, message_id: str | None,
+                         subject: str | None) -> str:
+        held = decision.action is Action.HOLD
+        queue_id = await self.store.accept(raw=raw, envelope=envelope, submitter=submitter,
+                                           decision=decision, message_id=message_id,
+                                           subject=subject, conn=conn)
+        await audit.append(conn, at=self.store.clock.now(), actor=submitter.name,
+                           action="held" if held else "decided", obj=queue_id,
+                           details={"action": decision.action.value, "rules": list(decision.rules),
+                                    "findings": {f.kind: f.count for f in decision.findings},
+                                    "rcpt_count": len(envelope.rcpt_tos),
+                                    "policy_version": decision.policy_version})
+        if held:
+            await notify.on_held(conn, self.store, self.settings, queue_id=queue_id,
+                                 envelope=envelope, submitter=submitter, decision=decision,
+                                 subject=subject)
         return queue_id
 
     async def verify_login(self, name: str, password: str, client_ip: str) -> str:
@@ -122,7 +130,7 @@ class Relay:
         while True:
             try:
                 await quarantine.sweep(self.store, self.settings)
-            except Exception:  # noqa: BLE001 - a failed sweep is retried next time round
+            except Exception:
                 log.exception("quarantine.sweep_failed")
             await asyncio.sleep(SWEEP_EVERY)
 

@@ -24,11 +24,12 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import IO, Any
 
-from sqlalchemy import insert, select, text
+from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from relayguard.store import Store
 from relayguard.store import tables as t
+from relayguard.store.base import insert_at_commit
 
 GENESIS = "0" * 64
 # Any constant will do; it only has to differ from the other advisory locks (migrate uses 4242001).
@@ -97,20 +98,37 @@ def _scrub(value: Any) -> Any:
     return value
 
 
+# conn.info key: (transaction, next seq, last hash), valid while that transaction lasts.
+_TAIL = "relayguard.audit_tail"
+
+
 async def append(conn: AsyncConnection, *, at: float, actor: str, action: str, obj: str = "",
                  details: dict[str, Any] | None = None) -> None:
     """Add one entry to the chain inside the caller's transaction (``conn`` from ``store.begin()``)."""
+    seq, prev = await _tail(conn)
+    # Round-trip through JSON so the hashed form is exactly what is stored and read back.
+    clean: dict[str, Any] = json.loads(canonical_json(_scrub(details or {})))
+    digest = entry_hash(prev, seq=seq, at=at, actor=actor, action=str(action), obj=obj, details=clean)
+    await insert_at_commit(conn, t.audit, {
+        "seq": seq, "at": at, "actor": actor, "action": str(action), "object": obj,
+        "details": canonical_json(clean), "prev_hash": prev, "hash": digest})
+    conn.info[_TAIL] = (conn.sync_connection.get_transaction() if conn.sync_connection else None,
+                        seq + 1, digest)
+
+
+async def _tail(conn: AsyncConnection) -> tuple[int, str]:
+    """The next seq and the previous hash. Read once per transaction: later appends in the same
+    transaction (a group commit) reuse what the last one wrote, as nobody else can append while
+    this transaction holds the chain lock."""
+    tx = conn.sync_connection.get_transaction() if conn.sync_connection else None
+    cached = conn.info.get(_TAIL)
+    if cached is not None and tx is not None and cached[0] is tx:
+        return int(cached[1]), str(cached[2])
     if conn.dialect.name == "postgresql":
         await conn.execute(text(f"SELECT pg_advisory_xact_lock({_PG_LOCK})"))
     last = (await conn.execute(
         select(t.audit.c.seq, t.audit.c.hash).order_by(t.audit.c.seq.desc()).limit(1))).first()
-    seq, prev = (int(last.seq) + 1, str(last.hash)) if last else (1, GENESIS)
-    # Round-trip through JSON so the hashed form is exactly what is stored and read back.
-    clean: dict[str, Any] = json.loads(canonical_json(_scrub(details or {})))
-    digest = entry_hash(prev, seq=seq, at=at, actor=actor, action=str(action), obj=obj, details=clean)
-    await conn.execute(insert(t.audit).values(
-        seq=seq, at=at, actor=actor, action=str(action), object=obj, details=canonical_json(clean),
-        prev_hash=prev, hash=digest))
+    return (int(last.seq) + 1, str(last.hash)) if last else (1, GENESIS)
 
 
 async def entries(store: Store, *, obj: str | None = None, action: str | None = None,

@@ -16,6 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from sqlalchemy.ext.asyncio import AsyncConnection
+
 from relayguard import audit, dsn
 from relayguard.config import DeliverySettings
 from relayguard.decision import DELIVER_UNCHANGED, Decision, Envelope, Submitter, SubmitterKind
@@ -182,23 +184,26 @@ class DeliveryWorker:
                 for r, (code, reply) in per.items()}
 
     async def _commit(self, msg: StoredMessage, outcome: Outcome) -> None:
-        """The new state, its audit entry and any DSN commit together."""
+        """The new state, its audit entry and any DSN commit together (group-committed)."""
+        if not await self.store.batched(lambda conn: self._commit_in(conn, msg, outcome)):
+            log.warning("delivery.lease_lost", queue_id=msg.id)
+
+    async def _commit_in(self, conn: AsyncConnection, msg: StoredMessage, outcome: Outcome) -> bool:
         now = self.store.clock.now()
-        async with self.store.begin() as conn:
-            owned = await self.store.finish_attempt(
-                msg.id, self.owner, state=outcome.state, results=outcome.results,
-                next_attempt_at=outcome.next_attempt_at, error=outcome.error, conn=conn)
-            if not owned:
-                log.warning("delivery.lease_lost", queue_id=msg.id)
-                return
-            if outcome.state in (State.DELIVERED, State.BOUNCED):
-                await audit.append(conn, at=now, actor="relayguard", action=outcome.state.value,
-                                   obj=msg.id, details={"rcpt_count": len(msg.envelope.rcpt_tos),
-                                                        "failed": len(outcome.newly_failed)})
-            # Never bounce a bounce (null sender) nor our own notices.
-            if outcome.newly_failed and msg.envelope.mail_from and msg.origin == "client":
-                raw = dsn.build_dsn(msg, outcome.newly_failed, reporting_mta=self.hostname, now=now)
-                await self.store.accept(
-                    raw=raw, envelope=Envelope(mail_from="", rcpt_tos=(msg.envelope.mail_from,)),
-                    submitter=Submitter("relayguard", SubmitterKind.USER), decision=DELIVER_UNCHANGED,
-                    subject="Undelivered Mail Returned to Sender", origin="dsn", conn=conn)
+        owned = await self.store.finish_attempt(
+            msg.id, self.owner, state=outcome.state, results=outcome.results,
+            next_attempt_at=outcome.next_attempt_at, error=outcome.error, conn=conn)
+        if not owned:
+            return False
+        if outcome.state in (State.DELIVERED, State.BOUNCED):
+            await audit.append(conn, at=now, actor="relayguard", action=outcome.state.value,
+                               obj=msg.id, details={"rcpt_count": len(msg.envelope.rcpt_tos),
+                                                    "failed": len(outcome.newly_failed)})
+        # Never bounce a bounce (null sender) nor our own notices.
+        if outcome.newly_failed and msg.envelope.mail_from and msg.origin == "client":
+            raw = dsn.build_dsn(msg, outcome.newly_failed, reporting_mta=self.hostname, now=now)
+            await self.store.accept(
+                raw=raw, envelope=Envelope(mail_from="", rcpt_tos=(msg.envelope.mail_from,)),
+                submitter=Submitter("relayguard", SubmitterKind.USER), decision=DELIVER_UNCHANGED,
+                subject="Undelivered Mail Returned to Sender", origin="dsn", conn=conn)
+        return True

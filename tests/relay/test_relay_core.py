@@ -6,6 +6,7 @@ import asyncio
 import base64
 import ssl
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import aiosmtplib
@@ -14,7 +15,7 @@ from structlog.testing import capture_logs
 
 from relayguard import devcert
 from relayguard.auth import hash_password
-from relayguard.store import State
+from relayguard.store import State, Store, StoredMessage
 from tests.conftest import ROOT, Sink
 
 PLAIN = (b"From: Reception <reception@oakfield-surgery.nhs.uk>\r\nTo: ward7.admin@nhs.net\r\n"
@@ -30,6 +31,17 @@ async def send(port: int, raw: bytes = PLAIN, *, mail_from: str = FROM, rcpts: l
     async with client:
         _, reply = await client.sendmail(mail_from, rcpts or TO, raw)
     return 250, reply
+
+
+async def wait_until(store: Store, queue_id: str, done: Callable[[StoredMessage], bool],
+                     timeout: float = 15) -> StoredMessage:
+    """The stored message once ``done`` holds for it (polled; fails after ``timeout``)."""
+    for _ in range(int(timeout / 0.05)):
+        stored = await store.get(queue_id)
+        if done(stored):
+            return stored
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{queue_id} never reached the expected state: {stored}")
 
 
 async def test_accepted_message_arrives_intact(relay_factory, sink: Sink) -> None:
@@ -58,13 +70,8 @@ async def test_upstream_4xx_is_retried_until_it_succeeds(relay_factory, sink: Si
     relay = await relay_factory()
     _, reply = await send(relay.smtp_port)
     await sink.wait_for(1)
-    stored = await relay.store.get(reply.rsplit(" ", 1)[-1])
-    for _ in range(50):
-        if stored.state is State.DELIVERED:
-            break
-        await asyncio.sleep(0.05)
-        stored = await relay.store.get(stored.id)
-    assert stored.state is State.DELIVERED and stored.attempts == 3
+    stored = await wait_until(relay.store, reply.rsplit(" ", 1)[-1], lambda m: m.state is State.DELIVERED)
+    assert stored.attempts == 3
 
 
 async def test_upstream_5xx_bounces_with_a_dsn(relay_factory, sink: Sink) -> None:
@@ -99,8 +106,7 @@ async def test_upstream_down_then_back(relay_factory, sink: Sink) -> None:
     await sink.stop()
     relay = await relay_factory()
     _, reply = await send(relay.smtp_port)
-    await asyncio.sleep(0.3)
-    stored = await relay.store.get(reply.rsplit(" ", 1)[-1])
+    stored = await wait_until(relay.store, reply.rsplit(" ", 1)[-1], lambda m: m.attempts >= 1)
     assert stored.state is State.QUEUED
     assert stored.attempts >= 1 and "unreachable" in (stored.last_error or "")
     sink.port = port
