@@ -45,7 +45,7 @@ LIMITS = ScanSettings(time_budget=5.0)
 SENDER = Submitter("reception@oakfield-surgery.nhs.uk", SubmitterKind.USER, "127.0.0.1")
 ENVELOPE = Envelope("reception@oakfield-surgery.nhs.uk", ("patient@gmail.com", "ward7@nhs.net"))
 UNREADABLE = frozenset({"unscannable", "address_defect", "header_defect"})
-NHS_NUMBER = b"943 476 5919"  # passes the modulus 11 check
+NHS_NUMBER = b"436 614 1345"  # in the issued range and passes the modulus 11 check
 
 
 @cache
@@ -99,7 +99,7 @@ def mime_body(draw: st.DrawFn, depth: int = 0) -> bytes:
         return draw(st.binary(max_size=200)) + draw(st.sampled_from([b"", NHS_NUMBER]))
     if kind == 1:
         return b"Content-Transfer-Encoding: base64" + nl + nl + draw(st.sampled_from(
-            [b"OTQzIDQ3NiA1OTE5", b"!!!not base64!!!", b"OTQz\r\nNDc2", b"===="]))
+            [b"NDM2IDYxNCAxMzQ1", b"!!!not base64!!!", b"NDM2\r\nIDYx", b"===="]))
     if kind == 2:
         head = draw(st.sampled_from([b"Content-Type: text/plain; charset=klingon", b"X: y"]))
         return head + nl + nl + NHS_NUMBER
