@@ -122,6 +122,10 @@ class Store:
         command.upgrade(cfg, "head")
 
     async def close(self) -> None:
+        # Let a group commit in flight finish: its callers are waiting for their answer.
+        if self._drainer is not None and not self._drainer.done():
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(self._drainer), 10)
         await self.engine.dispose()
 
     @asynccontextmanager
