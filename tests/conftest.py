@@ -129,14 +129,14 @@ async def store(store_url: str) -> AsyncIterator[Store]:
     await s.close()
 
 
-def relay_settings(*, store_url: str, sink: Sink | None, policy: Path | None = None,
+def relay_settings(*, store_url: str, sink: Sink | None,
                    **overrides: Any) -> Settings:
     """Settings for an in-process relay on a free port, delivering to ``sink``."""
     data: dict[str, Any] = {
         "smtp": {"listen": "127.0.0.1:0"},
         "store": {"url": store_url, "synchronous": "NORMAL"},
         "upstream": ({"host": sink.host, "port": sink.port, "tls": "none"} if sink else {}),
-        "policy": {"path": str(policy or ROOT / "policies" / "default.yaml"), "watch": False},
+        "policy": {"path": str(ROOT / "policies" / "default.yaml"), "watch": False},
         "web": {"enabled": False},
         "delivery": {"retry_base": 0.05, "retry_max": 0.2, "poll_interval": 0.05},
         "log": {"level": "WARNING"},

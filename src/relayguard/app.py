@@ -25,6 +25,7 @@ from relayguard.delivery import DeliveryWorker
 from relayguard.log import get_logger
 from relayguard.metrics import Metrics
 from relayguard.policy import engine
+from relayguard.policy.loader import LoadedPolicy
 from relayguard.policy.reload import PolicyHolder, install_sighup, watch
 from relayguard.smtp import FrontLimits, RelayHandler, start_server
 from relayguard.store import Store, open_store
@@ -62,7 +63,7 @@ class Relay:
         # id(decision) -> when its decision started; commit() pops it to time end of DATA -> commit.
         self._deciding: dict[int, float] = {}
         # Loaded here, not in start(): a broken policy stops `serve` before it listens.
-        self.policy = PolicyHolder(settings.policy.path)
+        self.policy = PolicyHolder(settings.policy.path, on_change=self._policy_changed)
 
     # -- the pieces --------------------------------------------------------------------------
 
@@ -117,6 +118,17 @@ class Relay:
                                  envelope=envelope, submitter=submitter, decision=decision,
                                  subject=subject)
         return queue_id
+
+    def _policy_changed(self, old_version: str, fresh: LoadedPolicy) -> None:
+        """Audit a reload (the holder calls this synchronously, from a signal or the watcher)."""
+        self._tasks.append(asyncio.create_task(self._audit_reload(old_version, fresh)))
+
+    async def _audit_reload(self, old_version: str, fresh: LoadedPolicy) -> None:
+        async with self.store.begin() as conn:
+            await audit.append(conn, at=self.store.clock.now(), actor="relayguard",
+                               action="policy_reloaded", obj=str(self.settings.policy.path),
+                               details={"old_version": old_version, "version": fresh.version,
+                                        "rules": len(fresh.rules)})
 
     async def verify_login(self, name: str, password: str, client_ip: str) -> str:
         user = await authenticate(self.store, name, password)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from collections.abc import Callable
 from pathlib import Path
 
 import structlog
@@ -22,8 +23,11 @@ log = structlog.get_logger("relayguard.policy")
 class PolicyHolder:
     """Holds the policy in force; :attr:`current` is what the next decision uses."""
 
-    def __init__(self, path: Path, initial: LoadedPolicy | None = None) -> None:
+    def __init__(self, path: Path, initial: LoadedPolicy | None = None, *,
+                 on_change: Callable[[str, LoadedPolicy], None] | None = None) -> None:
         self.path = path
+        # Told (old version, new policy) after each successful reload, e.g. to audit it.
+        self.on_change = on_change
         # Loading at construction lets a broken policy stop `serve` before it listens.
         self._current = initial if initial is not None else load_policy(path)
 
@@ -48,6 +52,8 @@ class PolicyHolder:
         old, self._current = self.version, fresh
         log.info("policy.reloaded", path=str(self.path), old_version=old, version=fresh.version,
                  rules=len(fresh.rules))
+        if self.on_change is not None:
+            self.on_change(old, fresh)
         return True
 
 
