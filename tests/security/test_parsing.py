@@ -29,7 +29,8 @@ def decide(raw: bytes, envelope: Envelope = OUTSIDE) -> Decision:
 
 
 def multipart(boundary: bytes, body: bytes) -> bytes:
-    return HEAD + b"MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"" + boundary + b"\"\r\n\r\n" + body
+    ctype = b"Content-Type: multipart/mixed; boundary=\"" + boundary + b"\"\r\n\r\n"
+    return HEAD + b"MIME-Version: 1.0\r\n" + ctype + body
 
 
 def nested(depth: int) -> bytes:
@@ -42,11 +43,14 @@ def nested(depth: int) -> bytes:
 
 
 MALFORMED = {
-    "missing boundary": HEAD + b"Content-Type: multipart/mixed\r\n\r\n--x\r\n\r\nNHS " + NHS_NUMBER + b"\r\n",
-    "unclosed boundary": multipart(b"B", b"--B\r\nContent-Type: text/plain\r\n\r\nNHS " + NHS_NUMBER + b"\r\n"),
+    "missing boundary": HEAD + b"Content-Type: multipart/mixed\r\n\r\n--x\r\n\r\nNHS " + NHS_NUMBER
+    + b"\r\n",
+    "unclosed boundary": multipart(b"B", b"--B\r\nContent-Type: text/plain\r\n\r\nNHS " + NHS_NUMBER
+                                   + b"\r\n"),
     "bad base64": multipart(b"B", b"--B\r\nContent-Type: text/csv; name=a.csv\r\nContent-Transfer-Encoding: "
                             b"base64\r\n\r\n!!!NDM2*IDYxNCAxMzQ1===\x00\r\n--B--\r\n"),
-    "unknown charset": HEAD + b"Content-Type: text/plain; charset=x-klingon-8\r\n\r\nNHS " + NHS_NUMBER + b"\r\n",
+    "unknown charset": HEAD + b"Content-Type: text/plain; charset=x-klingon-8\r\n\r\nNHS " + NHS_NUMBER
+    + b"\r\n",
     "1000-deep nesting": nested(1000),
 }
 
@@ -99,7 +103,8 @@ def test_recipients_a_naive_parser_misses_count_or_hold(extra: bytes, hidden: st
     assert hidden in parsed.visible_addresses() or decision.action is Action.HOLD
 
 
-@pytest.mark.parametrize("value", [b"alice@example.org)<bob@gmail.com>", b"<<a@b.com>>", b"a@b.com\rBcc: c@d.com",
+@pytest.mark.parametrize("value", [b"alice@example.org)<bob@gmail.com>", b"<<a@b.com>>",
+                                   b"a@b.com\rBcc: c@d.com",
                                    b"\"unterminated <x@y.com>", b"a@@b.com"])
 def test_any_address_header_defect_holds(value: bytes) -> None:
     """An address header that does not parse cleanly is an address_defect and the message is held."""
@@ -154,7 +159,8 @@ def test_no_copy_ever_carries_a_bcc_field(names: list[bytes], value: bytes) -> N
 
 # --- policy files ----------------------------------------------------------------------------
 
-POLICY_HEAD = b"version: 1\nrules:\n  - name: r\n    when: {submitter: {kind: network}}\n    then: {action: hold}\n"
+POLICY_HEAD = (b"version: 1\nrules:\n  - name: r\n    when: {submitter: {kind: network}}\n"
+               b"    then: {action: hold}\n")
 
 
 def test_policy_yaml_cannot_build_python_objects(tmp_path: Path) -> None:
@@ -196,7 +202,8 @@ def test_catastrophic_header_regex_counts_as_a_match(tmp_path: Path) -> None:
     path.write_text("version: 1\nrules:\n  - name: urgent\n    when:\n      headers: [{name: Subject, "
                     "regex: \"^(a|aa)+$\"}]\n    then: {action: hold}\n")
     policy = load_policy(path)
-    raw = b"From: a@oakfield-surgery.nhs.uk\r\nTo: w@nhs.net\r\nSubject: " + b"a" * 5000 + b"b\r\n\r\nx\r\n"
+    raw = (b"From: a@oakfield-surgery.nhs.uk\r\nTo: w@nhs.net\r\nSubject: " + b"a" * 5000
+           + b"b\r\n\r\nx\r\n")
     started = time.monotonic()
     decision = engine.decide(raw, Envelope("a@oakfield-surgery.nhs.uk", ("w@nhs.net",)), SENDER, policy,
                              limits=LIMITS)
