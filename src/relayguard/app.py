@@ -154,14 +154,16 @@ class Relay:
         await retention.purge(self.store, self.settings)
 
     def _repeat(self, job: Callable[[], Awaitable[None]], every: float, name: str) -> None:
-        """Run ``job`` now and every ``every`` seconds; a failure is logged and retried next round."""
+        """Run ``job`` every ``every`` seconds; a failure is logged and retried next round."""
         async def loop() -> None:
             while True:
+                # Sleep first: stop() cancels at the sleep, not mid-query, when a relay stops soon
+                # after starting (tests), which would otherwise strand a database connection.
+                await asyncio.sleep(every)
                 try:
                     await job()
                 except Exception:  # the relay must outlive a failed background job
                     log.exception(f"{name}.failed")
-                await asyncio.sleep(every)
 
         self._tasks.append(asyncio.create_task(loop(), name=name))
 
