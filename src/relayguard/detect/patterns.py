@@ -30,6 +30,11 @@ ID_HEADER_RE = re.compile(
 DOB_HEADER_RE = re.compile(r"\bdob\b|d\.o\.b|birth|\bborn\b", re.I)
 
 DOB_CUE_RE = re.compile(r"\b(?:dob|d\.o\.b\.?|date\s+of\s+birth|birth\s*date|born(?:\s+on)?)(?!\w)", re.I)
+# Every DOB cue contains one of these once lower-cased, so text without them can skip the cue
+# pattern (which scans at about 50 MB/s). Under re.I, U+0130 and U+0131 also match "i" but do not
+# lower-case to it: text holding either always runs the full pattern.
+DOB_CUE_WORDS = ("dob", "d.o.b", "birth", "born")
+DOB_CUE_ODD_I = ("\u0130", "\u0131")
 DOB_BEFORE = 30  # a date this far before a cue ("02/03/1951 (DOB)") counts
 DOB_AFTER = 40  # a date this far after a cue ("DOB: 02/03/1951") counts
 
@@ -51,3 +56,8 @@ POSTCODE_RE = re.compile(
     r"\b(?P<out>[A-Z]{1,2}\d[A-Z\d]?|GIR)\s?(?P<in>\d[ABD-HJLNP-UW-Z]{2})\b",
     re.I,
 )
+# The inward code alone: it starts with a digit, so the engine skips ahead through prose about
+# four times faster than POSTCODE_RE, whose leading \b defeats that. POSTCODE_RE then runs only on the
+# few characters before each hit (the outward code and a space are at most POSTCODE_BEFORE).
+INWARD_RE = re.compile(r"\d[ABD-HJLNP-UW-Z]{2}\b", re.I)
+POSTCODE_BEFORE = 5
