@@ -131,7 +131,7 @@ class Relay:
                                         "rules": len(fresh.rules)})
 
     async def verify_login(self, name: str, password: str, client_ip: str) -> str:
-        user = await authenticate(self.store, name, password)
+        user = await authenticate(self.store, name, password, via="smtp", client=client_ip)
         return user.name
 
     def instance_name(self) -> str:

@@ -11,6 +11,7 @@ from enum import StrEnum
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
+from relayguard import audit
 from relayguard.errors import AuthError
 from relayguard.store import Store, User
 
@@ -45,19 +46,30 @@ def _verify(stored_hash: str, password: str) -> bool:
         return False
 
 
-async def authenticate(store: Store, name: str, password: str) -> User:
+async def authenticate(store: Store, name: str, password: str, *, via: str = "",
+                       client: str = "") -> User:
     """The user, if ``password`` is right and the account is not locked; else :class:`AuthError`.
 
     argon2 is deliberately slow (tens of ms), so it runs in a thread: the event loop keeps
-    serving other SMTP sessions meanwhile.
+    serving other SMTP sessions meanwhile. Every failure, through whichever door (``via``: smtp,
+    web), is an audit entry: a brute-force attempt must be provable afterwards.
     """
     user = await store.get_user(name)
     ok = await asyncio.to_thread(_verify, user.password_hash if user else _DUMMY_HASH, password)
+    reason = None
     if user is None:
-        raise AuthError("authentication failed")
-    if user.locked_until is not None and user.locked_until > store.clock.now():
+        reason = "no such user"
+    elif user.locked_until is not None and user.locked_until > store.clock.now():
+        reason = "account locked"
+    else:
+        await store.record_login(name, ok=ok, lock_after=LOCK_AFTER, lock_for=LOCK_FOR)
+        reason = None if ok else "wrong password"
+    if reason is None and user is not None:
+        return user
+    async with store.begin() as conn:
+        await audit.append(conn, at=store.clock.now(), actor=name[:128] or "(empty)",
+                           action=audit.AuditAction.LOGIN_FAILED, obj=f"user:{name[:128]}",
+                           details={"via": via, "client": client, "reason": reason})
+    if reason == "account locked":
         raise AuthError("account locked after repeated failures; try again later")
-    await store.record_login(name, ok=ok, lock_after=LOCK_AFTER, lock_for=LOCK_FOR)
-    if not ok:
-        raise AuthError("authentication failed")
-    return user
+    raise AuthError("authentication failed")

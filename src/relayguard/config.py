@@ -7,6 +7,7 @@ reported as one line naming the key (see :func:`load_settings`), never as a trac
 from __future__ import annotations
 
 import ipaddress
+import re
 import os
 from datetime import timedelta
 from enum import StrEnum
@@ -47,6 +48,16 @@ def _check_listen(value: str) -> str:
     return value
 
 
+_HOSTNAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")
+
+
+def _check_hostname(value: str) -> str:
+    # Sent in greetings, HELO and DSNs: CR/LF or spaces here would inject SMTP commands.
+    if not _HOSTNAME.fullmatch(value):
+        raise ValueError("must be a plain host name (letters, digits, dots, hyphens)")
+    return value
+
+
 class SmtpSettings(_Section):
     listen: str = "127.0.0.1:2525"
     hostname: str = "relayguard.localdomain"  # explicit, so no connection waits on a name lookup
@@ -61,6 +72,7 @@ class SmtpSettings(_Section):
     max_sessions_per_ip: int = Field(default=50, gt=0)
 
     _listen = field_validator("listen")(_check_listen)
+    _hostname = field_validator("hostname")(_check_hostname)
 
     @field_validator("trusted_networks")
     @classmethod
@@ -86,6 +98,8 @@ class UpstreamSettings(_Section):
     password: str | None = None
     helo: str = "relayguard.localdomain"
     timeout: float = Field(default=60, gt=0)
+
+    _helo = field_validator("helo")(_check_hostname)
 
 
 class StoreSettings(_Section):

@@ -275,9 +275,6 @@ async def test_auth_brute_force_backs_off_then_locks_the_account(relay_factory, 
     assert user is not None and user.locked_until is not None
 
 
-@pytest.mark.xfail(strict=True, reason="SMTP AUTH failures are logged (smtp.auth_failed) but not "
-                   "written to the audit trail: Relay.verify_login in app.py does not audit; "
-                   "reported to the lead")
 async def test_smtp_auth_failure_is_audited(relay_factory, sink: Sink, tmp_path: Path,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """A failed SMTP AUTH leaves a login_failed entry in the audit trail, as a web login failure does."""

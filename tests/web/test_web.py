@@ -190,7 +190,7 @@ async def test_login_throttled_per_ip(client: Browser, store: Store) -> None:
     assert (await login(c, "rita")).status_code == 429
     failed = await audit.entries(store, action="login_failed")
     assert len(failed) == 10
-    assert failed[0].details["ip"]
+    assert failed[0].details["client"] and failed[0].details["via"] == "web"
 
 
 async def test_audit_page_for_admins_only(client: Browser, store: Store) -> None:

@@ -190,13 +190,9 @@ async def login(request: Request, form: FormDep) -> Response:
         return render(request, "login.html", {"next": next_path, "error":
                       "Too many failed logins from this address; wait 15 minutes."}, status=429)
     try:
-        user = await authenticate(web.store, name, field(form, "password"))
-    except AuthError:
+        user = await authenticate(web.store, name, field(form, "password"), via="web", client=ip)
+    except AuthError:  # audited by authenticate()
         web.throttle.fail(ip)
-        async with web.store.begin() as conn:
-            await audit.append(conn, at=web.store.clock.now(), actor=name or "(empty)",
-                               action=audit.AuditAction.LOGIN_FAILED, obj=f"user:{name}",
-                               details={"ip": ip, "via": "web"})
         return render(request, "login.html", {"next": next_path, "error":
                       "Wrong name or password, or the account is locked."}, status=401)
     session = web.sessions.rotate(session_of(request), user=user.name, role=user.role)
