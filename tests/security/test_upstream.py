@@ -131,7 +131,7 @@ async def test_control_characters_in_envelope_or_helo_never_reach_the_upstream(s
     await upstream.close()
     # The HELO name is refused when settings load; should one slip past (model_construct skips
     # validation), the upstream still refuses to write it.
-    with pytest.raises(ValidationError, match="upstream.helo|helo"):
+    with pytest.raises(ValidationError, match="helo"):
         UpstreamSettings(host=sink.host, port=sink.port, tls="none", helo="relay\r\nRCPT TO:<x@y.z>")
     bad_helo = SmtpUpstream(UpstreamSettings.model_construct(
         host=sink.host, port=sink.port, tls=UpstreamTls.NONE, verify=True, ca_file=None, username=None,
