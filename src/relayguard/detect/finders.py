@@ -156,13 +156,14 @@ def _add_date(spans: dict[int, Match], m: re.Match[str], today: dt.date) -> None
 
 def parse_date(m: re.Match[str], today: dt.date) -> dt.date | None:
     """The date a :data:`patterns.DATE_RE` match names, if it is a plausible birth date."""
-    g = m.groupdict()
-    if g["d"]:
-        day, month, year = int(g["d"]), int(g["m"]), _full_year(g["y"])
-    elif g["iy"]:
-        day, month, year = int(g["id"]), int(g["im"]), int(g["iy"])
+    first = m.string[m.start()]  # the leading digit, outside the groups
+    sep, d, mo, y, iy, im, iday, td, tm, ty = m.group("s", "d", "m", "y", "iy", "im", "id", "td", "tm", "ty")
+    if sep:
+        day, month, year = int(first + d), int(mo), _full_year(y)
+    elif iy:
+        day, month, year = int(iday), int(im), int(first + iy)
     else:
-        day, month, year = int(g["td"]), p.MONTH_NUMBERS[g["tm"][:3].lower()], int(g["ty"])
+        day, month, year = int(first + td), p.MONTH_NUMBERS[tm[:3].lower()], int(ty)
     try:
         born = dt.date(year, month, day)
     except ValueError:
