@@ -138,6 +138,9 @@ def relay_settings(*, store_url: str, sink: Sink | None,
         "upstream": ({"host": sink.host, "port": sink.port, "tls": "none"} if sink else {}),
         "policy": {"path": str(ROOT / "policies" / "default.yaml"), "watch": False},
         "web": {"enabled": False},
+        # The engine in a thread: starting worker processes for every in-process relay would
+        # dominate the suite's time. Subprocess relays (crash, multi-instance) use the pool.
+        "scan": {"workers": 0},
         "delivery": {"retry_base": 0.05, "retry_max": 0.2, "poll_interval": 0.05},
         "log": {"level": "WARNING"},
     }

@@ -24,9 +24,9 @@ from relayguard.decision import Action, Decision, Envelope, Submitter
 from relayguard.delivery import DeliveryWorker
 from relayguard.log import get_logger
 from relayguard.metrics import Metrics
-from relayguard.policy import engine
 from relayguard.policy.loader import LoadedPolicy
 from relayguard.policy.reload import PolicyHolder, install_sighup, watch
+from relayguard.scanpool import ScanPool
 from relayguard.smtp import FrontLimits, RelayHandler, start_server
 from relayguard.store import Store, open_store
 from relayguard.upstream import CaptureUpstream, SmtpUpstream, Upstream
@@ -64,6 +64,7 @@ class Relay:
         self._deciding: dict[int, float] = {}
         # Loaded here, not in start(): a broken policy stops `serve` before it listens.
         self.policy = PolicyHolder(settings.policy.path, on_change=self._policy_changed)
+        self.scan_pool = ScanPool(settings.scan)
 
     # -- the pieces --------------------------------------------------------------------------
 
@@ -79,11 +80,11 @@ class Relay:
             log.warning("relay.upstream_unverified", note="upstream certificates are NOT verified")
         return lambda: SmtpUpstream(upstream)
 
-    def decide(self, raw: bytes, envelope: Envelope, submitter: Submitter) -> Decision:
-        """The pure engine over the policy in force (runs in an executor thread)."""
+    async def decide(self, raw: bytes, envelope: Envelope, submitter: Submitter) -> Decision:
+        """The pure engine over the policy in force, in a scan worker process."""
         started = time.perf_counter()
-        decision = engine.decide(raw, envelope, submitter, self.policy.current, limits=self.settings.scan)
-        self.metrics.decision_seconds.observe(time.perf_counter() - started)
+        decision, seconds = await self.scan_pool.decide(raw, envelope, submitter, self.policy.current)
+        self.metrics.decision_seconds.observe(seconds)
         if len(self._deciding) > 10_000:  # only clients that vanished mid-DATA leave entries behind
             self._deciding.clear()
         self._deciding[id(decision)] = started
@@ -235,4 +236,5 @@ class Relay:
                 await asyncio.wait_for(task, 10)
         self._tasks.clear()
         await self.store.close()
+        self.scan_pool.close()
         log.info("relay.stopped")

@@ -151,6 +151,8 @@ class ScanSettings(_Section):
     time_budget: float = Field(default=20.0, gt=0)  # seconds for one message
     max_mime_parts: int = Field(default=2000, gt=0)
     max_header_bytes: int = Field(default=256 * 1024, gt=0)
+    # Worker processes that parse and scan (0: a thread of the relay's own process).
+    workers: int = Field(default=2, ge=0, le=64)
 
 
 class QuarantineSettings(_Section):

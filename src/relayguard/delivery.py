@@ -9,6 +9,7 @@ until ``max_age``; 5xx and ``max_age`` end in ``bounced`` and a DSN to the envel
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import contextlib
 import socket
 import time
@@ -159,6 +160,8 @@ class DeliveryWorker:
         results = {r: dict(v) for r, v in msg.results.items()}
         pending = {r for r in msg.envelope.rcpt_tos if results.get(r, {}).get("state") not in
                    (DELIVERED, FAILED)}
+        if msg.raw is None:  # claimed without its bytes; the DSN needs them too (headers)
+            msg = dataclasses.replace(msg, raw=await self.store.raw_of(msg.id))
         for envelope, data in self.prepare(msg.raw or b"", msg.decision, msg.envelope):
             rcpts = tuple(r for r in envelope.rcpt_tos if r in pending)
             if rcpts:

@@ -9,6 +9,7 @@
     - PermissionDenied       an actor may not do this (four-eyes rule, role)
     - NotFound               no such message, user or entry
     - DeliveryError          the upstream refused or could not be reached; ``code`` is its reply
+    - ScanUnavailableError   no decision could be made (a scan worker died or hung): 451
 """
 
 from __future__ import annotations
@@ -53,3 +54,9 @@ class DeliveryError(RelayguardError):
         super().__init__(message)
         self.code = code
         self.permanent = permanent
+
+
+class ScanUnavailableError(RelayguardError):
+    """No decision could be made (a scan worker died or hung): the client is told to retry."""
+
+    code = 451

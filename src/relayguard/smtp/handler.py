@@ -28,8 +28,8 @@ from relayguard.smtp.addresses import address_problem, domain_of
 
 log = get_logger("relayguard.smtp")
 
-# decide(raw, envelope, submitter) -> Decision; runs in an executor (CPU-bound scanning).
-Decider = Callable[[bytes, Envelope, Submitter], Decision]
+# decide(raw, envelope, submitter) -> Decision; the relay runs it in worker processes.
+Decider = Callable[[bytes, Envelope, Submitter], Awaitable[Decision]]
 # commit(raw, envelope, submitter, decision, message_id, subject) -> queue id, in ONE transaction.
 Committer = Callable[[bytes, Envelope, Submitter, Decision, str | None, str | None], Awaitable[str]]
 
@@ -150,7 +150,7 @@ class RelayHandler:
         env = Envelope(mail_from=_sender(envelope), rcpt_tos=tuple(envelope.rcpt_tos))
         submitter = self.submitter_of(session, envelope)
         message_id, subject = _headers_of(raw)
-        decision = await loop.run_in_executor(self.executor, self.decide, raw, env, submitter)
+        decision = await self.decide(raw, env, submitter)
         try:
             queue_id = await self.commit(raw, env, submitter, decision, message_id, subject)
         except StoreError as exc:

@@ -239,8 +239,10 @@ class Store:
             # SQLite ignores it; BEGIN IMMEDIATE already serialises writers.
             .with_for_update(skip_locked=True)
         )
+        # Without the bytes: a batch of large messages would be copied on the event loop here;
+        # the sender fetches each one's bytes with raw_of() right before it sends it.
         stmt = (update(t.messages).where(t.messages.c.id.in_(due))
-                .values(lease_owner=owner, lease_until=now + lease).returning(*t.messages.c))
+                .values(lease_owner=owner, lease_until=now + lease).returning(*_SUMMARY_COLUMNS))
         async with self.begin() as conn:
             rows = (await conn.execute(stmt)).fetchall()
         return sorted((StoredMessage.from_row(r) for r in rows), key=lambda m: m.next_attempt_at or 0)
@@ -296,6 +298,12 @@ class Store:
         if row is None:
             raise NotFound(f"no message {queue_id}")
         return StoredMessage.from_row(row)
+
+    async def raw_of(self, queue_id: str) -> bytes | None:
+        """The message's bytes alone (None once purged)."""
+        async with self.engine.connect() as conn:
+            return cast(bytes | None, (await conn.execute(
+                select(t.messages.c.raw).where(t.messages.c.id == queue_id))).scalar())
 
     async def list_messages(self, *, states: Sequence[State] | None = None, submitter: str | None = None,
                             since: float | None = None, origin: str | None = None,
