@@ -17,7 +17,7 @@ from xml.etree.ElementTree import Element
 from relayguard.extract.archive import SafeZip
 from relayguard.extract.base import Budget, Source, TextUnit
 from relayguard.extract.table import TableWriter
-from relayguard.extract.xmltext import Layout, events, layout_text, qualify
+from relayguard.extract.xmltext import Layout, event_batches, events, layout_text, qualify
 
 _SML = ("http://schemas.openxmlformats.org/spreadsheetml/2006/main",
         "http://purl.oclc.org/ooxml/spreadsheetml/main")
@@ -88,9 +88,8 @@ def extract_xlsx(src: Source, budget: Budget) -> Iterator[TextUnit]:
     pkg = SafeZip(src.data, budget, kind="xlsx")
     book = _Workbook(pkg, budget)
     for part, sheet in book.sheet_parts():
-        writer = TableWriter(f"{src.where}/{sheet}", budget)
         with pkg.stream(part) as stream:
-            yield from writer.rows(_sheet_rows(stream, book.strings))
+            yield from _sheet_units(stream, book.strings, TableWriter(f"{src.where}/{sheet}", budget))
     for name in pkg.names():
         m = _XLSX_EXTRA.fullmatch(name)
         if m:
@@ -155,49 +154,62 @@ class _Workbook:
                 yield name, posixpath.basename(name)[:-4]
 
 
-_Row = tuple[list[str], list[str], list[str | None]]
+def _sheet_units(stream: IO[bytes], strings: list[str], writer: TableWriter) -> Iterator[TextUnit]:
+    """Units of one worksheet; the first row with text names the columns.
 
-
-def _sheet_rows(stream: IO[bytes], strings: list[str]) -> Iterator[_Row]:
-    """(values, refs, headers) for each non-empty row; the first row with text names the columns."""
+    Events come a parser chunk at a time and each row's values and references are collected in
+    one pass over its cells: with millions of elements per sheet, per-event and per-cell Python
+    work is most of an xlsx scan. Headers are a dict keyed by column letters.
+    """
     headers: dict[str, str] | None = None
-    for _, elem in events(stream, kind="xlsx"):
-        if elem.tag not in _ROW:
-            continue
-        values, refs = _row_cells(elem, strings)
-        elem.clear()
-        if not values:
-            continue
-        cols = [r.rstrip(_DIGITS) for r in refs]
-        if headers is None and any(v and not v[0].isdigit() for v in values):
-            headers = dict(zip(cols, values, strict=True))
-        yield values, refs, [headers.get(c) for c in cols] if headers else [None] * len(values)
+    for batch in event_batches(stream, kind="xlsx"):
+        for _, row in batch:
+            if row.tag not in _ROW:
+                continue
+            values, refs = _row_cells(row, strings)
+            row.clear()
+            if not values:
+                continue
+            if headers is None and any(v and not v[0].isdigit() for v in values):
+                headers = {r.rstrip(_DIGITS): v for r, v in zip(refs, values, strict=True)}
+            unit = writer.add_row(values, refs, [headers.get(r.rstrip(_DIGITS)) for r in refs]
+                                  if headers else [None] * len(values))
+            if unit is not None:
+                yield unit
+    last = writer.flush()
+    if last is not None:
+        yield last
 
 
 def _row_cells(row: Element, strings: list[str]) -> tuple[list[str], list[str]]:
+    """The non-empty values of ``row`` and their cell references, in one pass."""
     values: list[str] = []
     refs: list[str] = []
     for i, cell in enumerate(row):
-        value = _cell_value(cell, strings)
+        kind = cell.get("t")
+        if kind == "inlineStr":
+            value = "".join([t.text or "" for t in cell.iter() if t.tag in _T])
+        else:
+            raw = _first_text(cell, _V)
+            if not raw:
+                continue
+            if kind == "s":
+                index = int(raw) if raw.isdigit() else -1
+                value = strings[index] if 0 <= index < len(strings) else ""
+            else:
+                value = _number_text(raw) if kind is None or kind == "n" else raw
         if value:
             values.append(value)
             refs.append(cell.get("r") or f"{_column(i)}{row.get('r', '')}")
     return values, refs
 
 
-def _cell_value(cell: Element, strings: list[str]) -> str:
-    kind = cell.get("t")
-    if kind == "inlineStr":
-        return "".join(t.text or "" for t in cell.iter() if t.tag in _T)
-    raw = next((child.text for child in cell if child.tag in _V), None)
-    if not raw:
-        return ""
-    if kind == "s":
-        index = int(raw) if raw.isdigit() else -1
-        return strings[index] if 0 <= index < len(strings) else ""
-    if kind is None or kind == "n":
-        return _number_text(raw)
-    return raw
+def _first_text(cell: Element, tags: frozenset[str]) -> str | None:
+    """The text of ``cell``'s first child tagged one of ``tags`` (its ``<v>``)."""
+    if len(cell) == 1:  # the usual cell, a lone <v>: no generator to set up
+        child = cell[0]
+        return child.text if child.tag in tags else None
+    return next((child.text for child in cell if child.tag in tags), None)
 
 
 def _number_text(raw: str) -> str:

@@ -46,6 +46,17 @@ def qualify(ns: str | tuple[str, ...], *names: str) -> frozenset[str]:
 def events(stream: IO[bytes], *, kind: str,
            which: tuple[_Event, ...] = ("end",)) -> Iterator[tuple[str, Any]]:
     """``iterparse`` events over ``stream``, with unsafe or broken XML as :class:`UnscannableError`."""
+    for batch in event_batches(stream, kind=kind, which=which):
+        yield from batch
+
+
+def event_batches(stream: IO[bytes], *, kind: str,
+                  which: tuple[_Event, ...] = ("end",)) -> Iterator[list[tuple[str, Any]]]:
+    """The events of :func:`events`, as one list per chunk fed to the parser.
+
+    A worksheet has millions of elements; a list per chunk spares each event a trip through
+    nested generators, which costs more than the caller's own look at the event.
+    """
     chunk = stream.read(READ_CHUNK)
     screened = _ascii_compatible(chunk)
     parser = XMLPullParser(which) if screened else XMLPullParser(which, _parser=DefusedXMLParser(
@@ -56,19 +67,21 @@ def events(stream: IO[bytes], *, kind: str,
             if screened:
                 carry = _refuse_declarations(carry + chunk, kind)
             parser.feed(chunk)
-            yield from _drain(parser)
+            yield _drain(parser)
             chunk = stream.read(READ_CHUNK)
         parser.close()
-        yield from _drain(parser)
+        yield _drain(parser)
     except DefusedXmlException as exc:
         raise UnscannableError(f"unsafe xml in {kind}") from exc
     except ParseError as exc:
         raise UnscannableError(f"corrupt {kind}") from exc
 
 
-def _drain(parser: XMLPullParser[Any]) -> Iterator[tuple[str, Any]]:
-    # Only "start"/"end" are requested, so every event is an (event, element) pair.
-    return cast("Iterator[tuple[str, Any]]", parser.read_events())
+def _drain(parser: XMLPullParser[Any]) -> list[tuple[str, Any]]:
+    # Only "start"/"end" are requested, so every event is an (event, element) pair. The list is
+    # built before the caller sees any event: a parse error inside the generator surfaces here,
+    # under the except clauses above.
+    return cast("list[tuple[str, Any]]", list(parser.read_events()))
 
 
 def _ascii_compatible(head: bytes) -> bool:
