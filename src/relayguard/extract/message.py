@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import email
 import email.policy
-from collections.abc import Iterator
-from email.errors import HeaderParseError
+import importlib
+from collections.abc import Callable, Iterator
+from email.errors import HeaderParseError, MessageDefect
 from email.header import decode_header, make_header
 from email.message import Message
 
@@ -85,13 +86,36 @@ def _leaf(part: Message, *, prefix: str, index: int, level: int, budget: Budget,
     ctype = part.get_content_type()
     yield from dispatch(Source(data, where, name=name, ctype=ctype, depth=level, charset=charset), budget)
 
+# The decoder compat32's get_payload uses for base64 (a private module, so looked up by name).
+_decode_b: Callable[[bytes], tuple[bytes, list[MessageDefect]]] = (
+    importlib.import_module("email._encoded_words").decode_b)
+
+
+def _decode_base64(part: Message, raw: str) -> bytes | None:
+    """What ``get_payload(decode=True)`` returns for an ASCII base64 part, with a third the memory.
+
+    compat32 splits the payload into a list of lines and joins them again before decoding: for a
+    20 MB attachment that is about 80 MB of short-lived objects, most of a large xlsx scan's peak.
+    Deleting the line breaks in one ``translate`` gives the same bytes (``bytes.splitlines`` breaks
+    only at CR and LF) for the same decoder. Anything else (other encodings, non-ASCII payloads)
+    is left to ``get_payload``: None.
+    """
+    if part.is_multipart() or str(part.get("content-transfer-encoding", "")).lower() != "base64" \
+            or not raw.isascii():
+        return None
+    value, defects = _decode_b(raw.encode("ascii").translate(None, b"\r\n"))
+    for defect in defects:
+        part.policy.handle_defect(part, defect)
+    return value
+
 
 def _payload(part: Message, budget: Budget) -> bytes:
     raw = part.get_payload()
     encoded = len(raw) if isinstance(raw, str | bytes) else 0
     if encoded > budget.limits.max_part_bytes * _BASE64_GROWTH + 1024:
         raise UnscannableError("part over size limit")
-    data = part.get_payload(decode=True)
+    decoded = _decode_base64(part, raw) if isinstance(raw, str) else None
+    data = decoded if decoded is not None else part.get_payload(decode=True)
     if not isinstance(data, bytes):
         return b""
     if len(data) > budget.limits.max_part_bytes:
