@@ -31,8 +31,10 @@ def send_blocking(port: int, raw: bytes) -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(run=False, reason="unmeasured: on the 2-CPU build box (with the fuzzer running) the "
-                   "ten 30 MB transfers did not finish within pytest's 300 s timeout; reported to the lead")
+@pytest.mark.xfail(run=False, reason="known gap: parsing and receiving no longer block the loop (scan "
+                   "workers, chunked DATA reader), but aiosmtplib normalises and dot-stuffs each 30 MB "
+                   "message on the event loop while delivering it (~0.2 s each), so greetings can wait "
+                   "over 1 s when deliveries overlap arrivals; see docs/SECURITY.md")
 async def test_ten_30mb_messages_do_not_delay_greetings(relay_factory, sink: Sink) -> None:
     """While ten 30 MB messages arrive and are scanned, every new client is greeted within a second."""
     relay = await relay_factory(smtp={"max_message_size": 40 * 1024 * 1024})
