@@ -9,8 +9,8 @@ until ``max_age``; 5xx and ``max_age`` end in ``bounced`` and a DSN to the envel
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import contextlib
+import dataclasses
 import socket
 import time
 from collections.abc import Callable
@@ -93,6 +93,8 @@ class DeliveryWorker:
         self.hostname = hostname
         self.owner = owner or f"{socket.gethostname()}:{id(self):x}"
         self._wake = asyncio.Event()
+        self._commits: set[asyncio.Task[None]] = set()
+        self._committing = asyncio.Semaphore(256)
         self.on_outcome: Callable[[StoredMessage, Outcome], None] = lambda msg, outcome: None  # metrics
         self._stopping = False
 
@@ -117,6 +119,8 @@ class DeliveryWorker:
             for task in senders:
                 task.cancel()
             await asyncio.gather(*senders, return_exceptions=True)
+            # Outcomes already sent upstream: record them rather than send them again.
+            await asyncio.gather(*list(self._commits), return_exceptions=True)
 
     async def _claim(self, limit: int) -> list[StoredMessage]:
         try:
@@ -137,7 +141,7 @@ class DeliveryWorker:
             while True:
                 msg = await queue.get()
                 try:
-                    await self.deliver(msg, upstream)
+                    await self.deliver(msg, upstream, wait=False)
                 except Exception:
                     # Its lease runs out and it is tried again; the log says why.
                     log.exception("delivery.crashed", queue_id=msg.id)
@@ -155,7 +159,10 @@ class DeliveryWorker:
             await upstream.close()
         return len(batch)
 
-    async def deliver(self, msg: StoredMessage, upstream: Upstream) -> Outcome:
+    async def deliver(self, msg: StoredMessage, upstream: Upstream, *, wait: bool = True) -> Outcome:
+        """Send ``msg`` and record the outcome. With ``wait=False`` the sender goes on to its next
+        message while the outcome waits for the next group commit: the lease stays ours until
+        then, and a crash before it only means the message is sent again (at-least-once)."""
         started = time.perf_counter()
         results = {r: dict(v) for r, v in msg.results.items()}
         pending = {r for r in msg.envelope.rcpt_tos if results.get(r, {}).get("state") not in
@@ -168,7 +175,13 @@ class DeliveryWorker:
                 results.update(await self._send_copy(upstream, Envelope(envelope.mail_from, rcpts),
                                                      data, msg.id))
         outcome = settle(msg, results, now=self.store.clock.now(), settings=self.settings)
-        await self._commit(msg, outcome)
+        if wait:
+            await self._commit(msg, outcome)
+        else:
+            await self._committing.acquire()  # bounds the outcomes waiting for a commit
+            task = asyncio.create_task(self._commit(msg, outcome))
+            self._commits.add(task)
+            task.add_done_callback(self._commit_done)
         self.on_outcome(msg, outcome)
         log.info("delivery.attempt", queue_id=msg.id, message_id=msg.message_id,
                  attempt=msg.attempts + 1, rcpt_count=len(pending), outcome=outcome.state.value,
@@ -185,6 +198,13 @@ class DeliveryWorker:
             return {r: {"code": exc.code, "reply": str(exc), "state": state} for r in envelope.rcpt_tos}
         return {r: {"code": code, "reply": reply, "state": _state_of(code)}
                 for r, (code, reply) in per.items()}
+
+    def _commit_done(self, task: asyncio.Task[None]) -> None:
+        self._commits.discard(task)
+        self._committing.release()
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            # Not recorded: the lease runs out and the message is sent again.
+            log.error("delivery.commit_failed", error=str(exc)[:200])
 
     async def _commit(self, msg: StoredMessage, outcome: Outcome) -> None:
         """The new state, its audit entry and any DSN commit together (group-committed)."""
