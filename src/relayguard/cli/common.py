@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -12,6 +13,7 @@ from rich.console import Console
 
 from relayguard.config import Settings, load_settings
 from relayguard.errors import ConfigError
+from relayguard.store import StoredMessage
 
 err_console = Console(stderr=True, highlight=False)
 out_console = Console(highlight=False)
@@ -41,3 +43,15 @@ def settings_or_exit(path: Path | None) -> Settings:
 
 def print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def print_messages(messages: Sequence[StoredMessage], *, as_json: bool,
+                   line: Callable[[StoredMessage], str], empty: str) -> None:
+    """A listing of messages: JSON summaries (never bodies), or one ``line`` each."""
+    if as_json:
+        print_json([m.summary() for m in messages])
+        return
+    for m in messages:
+        typer.echo(line(m))
+    if not messages:
+        typer.echo(empty)

@@ -14,7 +14,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from relayguard import audit, quarantine
-from relayguard.cli.common import ConfigOption, JsonOption, fail, print_json, settings_or_exit
+from relayguard.cli.common import ConfigOption, JsonOption, fail, print_json, print_messages, settings_or_exit
 from relayguard.config import Settings
 from relayguard.errors import RelayguardError
 from relayguard.store import State, Store, StoredMessage, open_store
@@ -64,14 +64,8 @@ def list_(config: ConfigOption = None, as_json: JsonOption = False,
         states = None if all_ else [State.HELD]
         return await store.list_messages(states=states, origin="client", limit=limit)
 
-    messages = run_with_store(config, work)
-    if as_json:
-        print_json([m.summary() for m in messages])
-        return
-    for m in messages:
-        typer.echo(_line(m))
-    if not messages:
-        typer.echo("no held messages" if not all_ else "no messages")
+    print_messages(run_with_store(config, work), as_json=as_json, line=_line,
+                   empty="no held messages" if not all_ else "no messages")
 
 
 @app.command()

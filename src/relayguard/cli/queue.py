@@ -15,7 +15,7 @@ from typing import Annotated, Any
 import typer
 
 from relayguard import audit
-from relayguard.cli.common import ConfigOption, JsonOption, fail, print_json
+from relayguard.cli.common import ConfigOption, JsonOption, fail, print_json, print_messages
 from relayguard.cli.quarantine import IdArg, run_with_store
 from relayguard.config import Settings
 from relayguard.store import State, Store, StoredMessage, ops
@@ -45,14 +45,8 @@ def list_(config: ConfigOption = None, as_json: JsonOption = False,
     async def work(_: Settings, store: Store) -> list[StoredMessage]:
         return await store.list_messages(states=[state or State.QUEUED], limit=limit, newest_first=False)
 
-    messages = run_with_store(config, work)
-    if as_json:
-        print_json([m.summary() for m in messages])
-        return
-    for m in messages:
-        typer.echo(_line(m))
-    if not messages:
-        typer.echo(f"no {(state or State.QUEUED).value} messages")
+    print_messages(run_with_store(config, work), as_json=as_json, line=_line,
+                   empty=f"no {(state or State.QUEUED).value} messages")
 
 
 def _details(m: StoredMessage) -> dict[str, Any]:
