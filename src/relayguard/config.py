@@ -7,8 +7,8 @@ reported as one line naming the key (see :func:`load_settings`), never as a trac
 from __future__ import annotations
 
 import ipaddress
-import re
 import os
+import re
 from datetime import timedelta
 from enum import StrEnum
 from pathlib import Path
