@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import re
 import ssl
-from typing import Protocol
+from typing import Any, Protocol
 
 import aiosmtplib
 
 from relayguard.config import UpstreamSettings, UpstreamTls
+from relayguard.crlf import dot_stuffed, is_canonical
 from relayguard.decision import Envelope
 from relayguard.errors import DeliveryError
 from relayguard.store import Store
@@ -34,6 +35,38 @@ class Upstream(Protocol):
 
 def _text(resp: object) -> str:
     return str(getattr(resp, "message", resp))[:300]
+
+
+# From this size on, DATA is encoded by us rather than by aiosmtplib's data(): it runs two regexes
+# over the whole message on the event loop (~0.2 s for 30 MB, stalling every other session).
+LARGE = 256 * 1024
+
+
+async def _sendmail_large(client: aiosmtplib.SMTP, envelope: Envelope, raw: bytes, *,
+                          reply_timeout: float) -> dict[str, Any]:
+    """aiosmtplib's sendmail() with our DATA encoding (two C-speed passes, no regex); same
+    results and exceptions: refused recipients returned, all refused raised."""
+    await client.mail(envelope.mail_from)
+    refused: dict[str, Any] = {}
+    for rcpt in envelope.rcpt_tos:
+        try:
+            await client.rcpt(rcpt)
+        except aiosmtplib.SMTPRecipientRefused as exc:
+            refused[rcpt] = exc
+    if len(refused) == len(envelope.rcpt_tos):
+        await client.rset()
+        raise aiosmtplib.SMTPRecipientsRefused(list(refused.values()))
+    start = await client.execute_command(b"DATA")
+    if start.code != 354:
+        raise aiosmtplib.SMTPDataError(start.code, start.message)
+    protocol = client.protocol
+    assert protocol is not None  # execute_command just used it
+    # No await between the write and read_response(): the reply cannot arrive unawaited.
+    protocol.write(dot_stuffed(raw))
+    done = await protocol.read_response(timeout=reply_timeout)
+    if done.code != 250:
+        raise aiosmtplib.SMTPDataError(done.code, done.message)
+    return refused
 
 
 class SmtpUpstream:
@@ -80,7 +113,11 @@ class SmtpUpstream:
     async def _send_once(self, envelope: Envelope, raw: bytes) -> Results:
         try:
             client = await self._connected()
-            refused, _ = await client.sendmail(envelope.mail_from, list(envelope.rcpt_tos), raw)
+            if len(raw) >= LARGE and is_canonical(raw):
+                refused = await _sendmail_large(client, envelope, raw,
+                                                reply_timeout=self.settings.timeout)
+            else:
+                refused, _ = await client.sendmail(envelope.mail_from, list(envelope.rcpt_tos), raw)
         except aiosmtplib.SMTPRecipientsRefused as exc:
             return {r.recipient: (r.code, _text(r)) for r in exc.recipients}
         except aiosmtplib.SMTPServerDisconnected:

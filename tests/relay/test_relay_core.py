@@ -238,3 +238,24 @@ def test_missing_settings_file_gives_one_line_and_exit_2(tmp_path: Path) -> None
     run = subprocess.run([str(ROOT / ".venv/bin/relayguard"), "serve", "--config", str(tmp_path / "no.yaml")],
                          capture_output=True, text=True, timeout=60)
     assert run.returncode == 2 and "cannot read settings file" in run.stderr
+
+
+def _large_message() -> bytes:
+    lines = [b"From: reception@oakfield-surgery.nhs.uk", b"To: ward7.admin@nhs.net", b"Subject: scans", b""]
+    lines += [b".leading dot", b".", b"..two dots", b"plain"] * 20_000  # dots the upstream must see as sent
+    return b"\r\n".join(lines) + b"\r\n"
+
+
+async def test_large_message_arrives_byte_identical(relay_factory, sink: Sink) -> None:
+    """A message past the large-DATA threshold (our own dot-stuffing) reaches the upstream unchanged,
+    dot-leading lines and lone-dot lines included, and a refused recipient is still reported."""
+    sink.refuse = {"gone@nhs.net": "550 5.1.1 no such user"}
+    raw = _large_message()
+    assert len(raw) > 256 * 1024
+    relay = await relay_factory()
+    _, reply = await send(relay.smtp_port, raw, rcpts=["ward7.admin@nhs.net", "gone@nhs.net"])
+    got = await sink.wait_for(2)
+    [copy] = [g for g in got if g.mail_from == FROM]
+    assert copy.raw == raw and copy.rcpt_tos == ["ward7.admin@nhs.net"]
+    stored = await wait_until(relay.store, reply.rsplit(" ", 1)[-1], lambda m: m.state is State.DELIVERED)
+    assert stored.results["gone@nhs.net"]["code"] == 550

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import re
 import time
 import traceback
 from collections.abc import Awaitable, Callable
@@ -21,6 +20,7 @@ from typing import Any
 from aiosmtpd.smtp import SMTP, Session
 from aiosmtpd.smtp import Envelope as SmtpEnvelope
 
+from relayguard.crlf import canonical_line_endings
 from relayguard.decision import Action, Decision, Envelope, Submitter, SubmitterKind
 from relayguard.errors import StoreError
 from relayguard.log import get_logger, safe
@@ -34,10 +34,6 @@ Decider = Callable[[bytes, Envelope, Submitter], Awaitable[Decision]]
 Committer = Callable[[bytes, Envelope, Submitter, Decision, str | None, str | None], Awaitable[str]]
 
 _HEADER_PARSER = BytesHeaderParser(policy=compat32)
-
-# The line endings aiosmtplib rewrites to CRLF when it sends (its LINE_ENDINGS_REGEX).
-_LINE_END = re.compile(rb"\r\n|\n|\r(?!\n)")
-
 
 @dataclass(frozen=True, slots=True)
 class FrontLimits:
@@ -53,19 +49,6 @@ def reply_for(decision: Decision, queue_id: str) -> str:
     if decision.action is Action.HOLD:
         return f"250 2.0.0 Ok: held for review as {queue_id}"
     return f"250 2.0.0 Ok: queued as {queue_id}"
-
-
-def canonical_line_endings(raw: bytes) -> bytes:
-    """``raw`` with every bare LF and bare CR made CRLF, ending in CRLF.
-
-    SMTP smuggling (December 2023) hides ``<LF>.<CR><LF>`` or ``<CR>.<CR>`` inside DATA so that a
-    lenient upstream reads an end of data, and then a second message, where we saw one. aiosmtpd
-    ends DATA only at ``<CR><LF>.<CR><LF>``, and aiosmtplib turns bare line ends into dot-stuffed
-    CRLF lines when it sends. Doing the same here, before the policy looks, means the policy, the
-    store and the upstream all see the same bytes, and none of them contains a bare CR or LF.
-    """
-    out = _LINE_END.sub(b"\r\n", raw)
-    return out if out.endswith(b"\r\n") else out + b"\r\n"
 
 
 def _headers_of(raw: bytes) -> tuple[str | None, str | None]:
