@@ -178,11 +178,15 @@ def _throughput_table(table: dict[str, dict[str, Any]], labels: dict[str, str]) 
         note = f" ⚠ {row['ok']}/{row['repeats']} complete in time" if row["ok"] < row["repeats"] else ""
         out.append(
             f"| {label}{note} | **{_fmt(row['msgs_per_s'])}** | {each} | {_fmt(row['client_msgs_per_s'])} | "
-            f"{_fmt(row['vs_postfix'], '×')} | {_fmt(row['vs_forwarder'], '×')} | "
-            f"{_fmt(row['cpu_idle_pct'], ' %')} | {row['sessions']} (peak {row['peak_sessions']}) |"
+            f"{_fmt(row['vs_postfix'], '×')} | {_fmt(row['vs_forwarder'], '×')} | {_load_cells(row)}"
         )
     return [*out, ""]
 
+
+
+def _load_cells(row: dict[str, Any]) -> str:
+    """The closing cells every measurement row carries: how busy the machine was, how many sessions."""
+    return f"{_fmt(row['cpu_idle_pct'], ' %')} | {row['sessions']} (peak {row['peak_sessions']}) |"
 
 def _latency_section(
     table: dict[str, dict[str, Any]], labels: dict[str, str], doc: dict[str, Any]
@@ -204,8 +208,7 @@ def _latency_section(
         if row:
             out.append(
                 f"| {label} | {_fmt(row.get('p50_ms'))} | **{_fmt(row.get('p99_ms'))}** | "
-                f"{_fmt(row.get('max_ms'))} | {_fmt(row['client_msgs_per_s'])} | "
-                f"{_fmt(row['cpu_idle_pct'], ' %')} | {row['sessions']} (peak {row['peak_sessions']}) |"
+                f"{_fmt(row.get('max_ms'))} | {_fmt(row['client_msgs_per_s'])} | {_load_cells(row)}"
             )
     return [*out, ""]
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import ipaddress
 import socket
 import time
@@ -33,6 +34,9 @@ from relayguard.upstream import CaptureUpstream, SmtpUpstream, Upstream
 
 log = get_logger("relayguard")
 
+# When the current session's decision started; commit() reads it to time end of DATA -> commit.
+_decide_started: contextvars.ContextVar[float | None] = contextvars.ContextVar("decide_started",
+                                                                              default=None)
 SWEEP_EVERY = 60.0  # seconds between quarantine expiry / reminder sweeps
 ALERT_EVERY = 60.0  # seconds between alert checks
 PURGE_EVERY = 600.0  # seconds between retention runs
@@ -60,8 +64,6 @@ class Relay:
         self._server: asyncio.AbstractServer | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self.metrics = Metrics()
-        # id(decision) -> when its decision started; commit() pops it to time end of DATA -> commit.
-        self._deciding: dict[int, float] = {}
         # Loaded here, not in start(): a broken policy stops `serve` before it listens.
         self.policy = PolicyHolder(settings.policy.path, on_change=self._policy_changed)
         self.scan_pool = ScanPool(settings.scan)
@@ -85,9 +87,7 @@ class Relay:
         started = time.perf_counter()
         decision, seconds = await self.scan_pool.decide(raw, envelope, submitter, self.policy.current)
         self.metrics.decision_seconds.observe(seconds)
-        if len(self._deciding) > 10_000:  # only clients that vanished mid-DATA leave entries behind
-            self._deciding.clear()
-        self._deciding[id(decision)] = started
+        _decide_started.set(started)
         return decision
 
     async def commit(self, raw: bytes, envelope: Envelope, submitter: Submitter, decision: Decision,
@@ -96,7 +96,8 @@ class Relay:
         queue_id = await self.store.batched(
             lambda conn: self._commit_in(conn, raw, envelope, submitter, decision, message_id, subject))
         # Counted once committed: a group commit that fails is re-run message by message.
-        started = self._deciding.pop(id(decision), None)
+        # Same SMTP session task as decide(), so the context carries its start (end of DATA).
+        started = _decide_started.get()
         if started is not None:
             self.metrics.on_decided(decision.action, accept_s=time.perf_counter() - started)
         return queue_id

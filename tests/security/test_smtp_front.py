@@ -64,6 +64,15 @@ async def test_smuggling_vector_yields_exactly_one_message_as_the_policy_saw_it(
     assert not BARE.search(got.raw) and b"smuggled" in got.raw  # the "second" message is body text
 
 
+async def tls_session(c: RawSmtp) -> None:
+    """Greeting, EHLO, STARTTLS and EHLO again: a session ready for AUTH."""
+    assert (await c.reply()).startswith("220")
+    await c.cmd(b"EHLO client.test")
+    await c.cmd(b"STARTTLS")
+    await c.starttls()
+    await c.cmd(b"EHLO client.test")
+
+
 async def test_commands_pipelined_behind_starttls_are_discarded(relay_factory, sink: Sink,
                                                                 tmp_path: Path) -> None:
     """A MAIL sent in the same packet as STARTTLS (plaintext injection) is not executed after TLS."""
@@ -252,11 +261,7 @@ async def test_auth_brute_force_backs_off_then_locks_the_account(relay_factory, 
 
     with capture_logs() as logs:
         async with RawSmtp(relay.smtp_port) as c:
-            assert (await c.reply()).startswith("220")
-            await c.cmd(b"EHLO client.test")
-            await c.cmd(b"STARTTLS")
-            await c.starttls()
-            await c.cmd(b"EHLO client.test")
+            await tls_session(c)
             for guess in range(4):
                 started = time.monotonic()
                 assert (await c.cmd(plain(f"guess number {guess}"))).startswith("535")
@@ -264,11 +269,7 @@ async def test_auth_brute_force_backs_off_then_locks_the_account(relay_factory, 
     assert [e["backoff_s"] for e in logs if e["event"] == "smtp.auth_failed"] == [0.05, 0.1, 0.2, 0.4]
     assert waits[3] >= 0.4  # the back-off is really waited out (argon2 time comes on top)
     async with RawSmtp(relay.smtp_port) as c:  # a new session: aiosmtpd allows 5 AUTHs per session
-        assert (await c.reply()).startswith("220")
-        await c.cmd(b"EHLO client.test")
-        await c.cmd(b"STARTTLS")
-        await c.starttls()
-        await c.cmd(b"EHLO client.test")
+        await tls_session(c)
         assert (await c.cmd(plain("guess number 4"))).startswith("535")
         assert (await c.cmd(plain("correct horse"))).startswith("535")  # locked
     user = await relay.store.get_user("alice")
@@ -286,11 +287,7 @@ async def test_smtp_auth_failure_is_audited(relay_factory, sink: Sink, tmp_path:
     relay = await relay_factory(smtp={"trusted_networks": [], **tls_files(tmp_path)})
     await relay.store.add_user(name="alice", password_hash=hash_password("correct horse"), role="sender")
     async with RawSmtp(relay.smtp_port) as c:
-        assert (await c.reply()).startswith("220")
-        await c.cmd(b"EHLO client.test")
-        await c.cmd(b"STARTTLS")
-        await c.starttls()
-        await c.cmd(b"EHLO client.test")
+        await tls_session(c)
         assert (await c.cmd(b"AUTH PLAIN " + base64.b64encode(b"\0alice\0wrong one"))).startswith("535")
     entries = await audit.entries(relay.store)
     assert any(e.action == "login_failed" for e in entries)

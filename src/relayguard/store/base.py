@@ -199,12 +199,13 @@ class Store:
         if not future.done():
             future.set_result(result)
 
-    async def execute(self, stmt: Any, conn: AsyncConnection | None = None) -> Any:
+    async def execute(self, stmt: Any, conn: AsyncConnection | None = None,
+                      params: dict[str, Any] | None = None) -> Any:
         """Run ``stmt`` in the caller's transaction, or in a transaction of its own."""
         if conn is not None:
-            return await conn.execute(stmt)
+            return await conn.execute(stmt, params)
         async with self.begin() as own:
-            return await own.execute(stmt)
+            return await own.execute(stmt, params)
 
     async def ping(self) -> None:
         async with self.engine.connect() as conn:
@@ -277,10 +278,7 @@ class Store:
         params = {"b_id": queue_id, "b_owner": owner, "b_state": state.value,
                   "b_results": json.dumps(results), "b_next": next_attempt_at, "b_error": error,
                   "b_now": now, "b_delivered": now if state is State.DELIVERED else None}
-        if conn is not None:
-            return bool((await conn.execute(_FINISH, params)).rowcount)
-        async with self.begin() as own:
-            return bool((await own.execute(_FINISH, params)).rowcount)
+        return bool((await self.execute(_FINISH, conn, params)).rowcount)
 
     async def set_state(self, queue_id: str, state: State, *, expect: Iterable[State],
                         conn: AsyncConnection | None = None, **values: Any) -> None:
