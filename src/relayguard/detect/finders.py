@@ -5,24 +5,33 @@ without spaces). Confidence for identifiers needs support, because about one in 
 ten-digit numbers passes modulus 11: a cue word nearby, an identifier column header, or a date of
 birth or postcode on the same line (a row, for tables). The "several distinct numbers in one
 place" support is applied later, when matches are tallied per place.
+
+Speed: a spreadsheet can hold a million identifiers, so the scan itself uses :func:`builtin_hits`,
+which returns plain tuples (:data:`Hit`) with identifiers as ints; :class:`Match` objects are
+only built for the callers that want them (masking, tests).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import re
-from bisect import bisect_left
-from collections.abc import Iterator
+from bisect import bisect_left, bisect_right
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
+from operator import itemgetter
 
 from relayguard.detect import patterns as p
-from relayguard.detect.checksum import classify
+from relayguard.detect.checksum import classify_number
 from relayguard.extract.base import Cells
 
 DOB = "date_of_birth"
 POSTCODE = "postcode"
 _EARLIEST_BIRTH_YEAR = 1880
+_DATE_CACHE_SIZE = 50_000  # distinct date spellings remembered; birth dates span ~40,000 days
+
+Key = int | str  # a normalised value: identifiers as ints (compact), other kinds as text
+Hit = tuple[str, int, int, Key, bool]  # kind, start, end, normalised value, confident
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +41,11 @@ class Match:
     start: int
     end: int
     confident: bool = True
+
+
+def value_text(key: Key) -> str:
+    """The normalised value as text: identifiers keep their ten digits (CHI's leading zero)."""
+    return f"{key:010d}" if isinstance(key, int) else key
 
 
 def header_at(cells: Cells | None, pos: int) -> str | None:
@@ -52,29 +66,62 @@ def _is_dob_header(header: str) -> bool:
     return p.DOB_HEADER_RE.search(header) is not None
 
 
+def _headers_where(cells: Cells | None, test: Callable[[str], bool]) -> frozenset[str | None]:
+    """The unit's distinct column headers that pass ``test``: checked once per header, not per cell."""
+    if cells is None or not cells.starts:
+        return frozenset()
+    return frozenset(h for h in set(cells.headers) if h and test(h))
+
+
 def find_all(text: str, cells: Cells | None = None) -> list[Match]:
     """Every built-in match in ``text``: dates of birth, postcodes, then identifiers."""
-    dobs = find_dobs(text, cells)
-    postcodes = find_postcodes(text)
-    support = sorted(m.start for m in (*dobs, *postcodes))
-    return [*dobs, *postcodes, *find_ids(text, cells, support)]
+    return _matches(builtin_hits(text, cells))
+
+
+def builtin_hits(text: str, cells: Cells | None = None) -> list[Hit]:
+    """:func:`find_all` as hits, in the same order."""
+    dobs = dob_hits(text, cells)
+    postcodes = postcode_hits(text)
+
+    def support() -> list[int]:  # only wanted when a number has no header or cue of its own
+        return sorted([h[1] for h in dobs] + [h[1] for h in postcodes])
+
+    return [*dobs, *postcodes, *id_hits(text, cells, support)]
+
+
+def _matches(hits: list[Hit]) -> list[Match]:
+    return [Match(kind, value_text(key), start, end, confident) for kind, start, end, key, confident in hits]
 
 
 def find_ids(text: str, cells: Cells | None = None, support: list[int] | None = None) -> list[Match]:
     """Valid NHS, CHI and H&C numbers; confident when a cue, header or same-line support exists."""
-    found = []
+    return _matches(id_hits(text, cells, lambda: support or []))
+
+
+def id_hits(text: str, cells: Cells | None, support: Callable[[], list[int]]) -> list[Hit]:
+    """:func:`find_ids` as hits; ``support`` gives the sorted starts of same-line support on demand."""
+    found: list[Hit] = []
+    id_headers = _headers_where(cells, _is_id_header)
+    starts, headers = (cells.starts, cells.headers) if id_headers and cells else ([], [])
+    supports: list[int] | None = None
     for m in p.ID_RE.finditer(text):
         start, end = m.span()
-        if m.group(1) and _spaced_run_continues(text, start, end, m.group(1)):
+        sep = m.group(1)
+        if sep and _spaced_run_continues(text, start, end, sep):
             continue
-        digits = m.group().replace(" ", "").replace("-", "")
-        kind = classify(digits)
+        digits = m.group()
+        number = int(digits if len(digits) == 10 else digits.replace(" ", "").replace("-", ""))
+        kind = classify_number(number)
         if kind is None:
             continue
-        # Cheapest evidence first: a header lookup, then the row, then the cue-word search.
-        confident = (_header_supports(cells, start) or _same_line(text, start, support or [])
-                     or _has_cue(text, start, end))
-        found.append(Match(kind, digits, start, end, confident))
+        # Cheapest evidence first: the column header, then the row, then the cue-word search.
+        if id_headers and start >= starts[0] and headers[bisect_right(starts, start) - 1] in id_headers:
+            confident = True
+        else:
+            if supports is None:
+                supports = support()
+            confident = _same_line(text, start, supports) or _has_cue(text, start, end)
+        found.append((kind, start, end, number, confident))
     return found
 
 
@@ -91,11 +138,6 @@ def _has_cue(text: str, start: int, end: int) -> bool:
     return p.CUE_RE.search(text, lo, end + p.CUE_WINDOW) is not None
 
 
-def _header_supports(cells: Cells | None, pos: int) -> bool:
-    header = header_at(cells, pos)
-    return header is not None and _is_id_header(header)
-
-
 def _same_line(text: str, pos: int, support: list[int]) -> bool:
     if not support:
         return False
@@ -106,37 +148,70 @@ def _same_line(text: str, pos: int, support: list[int]) -> bool:
 
 
 def find_postcodes(text: str) -> list[Match]:
-    """UK postcodes, normalised to upper case without spaces.
+    """UK postcodes, normalised to upper case without spaces."""
+    return _matches(postcode_hits(text))
+
+
+def postcode_hits(text: str) -> list[Hit]:
+    """:func:`find_postcodes` as hits.
 
     The same matches as ``POSTCODE_RE.finditer(text)``: every match ends with an inward code, and
     two matches cannot overlap (one could only start after the other's space, at a digit), so
     trying the full pattern just before each inward code finds them all, in order.
     """
-    found = []
+    found: list[Hit] = []
+    search = p.POSTCODE_RE.search
     for hit in p.INWARD_RE.finditer(text):
         end = hit.end()
-        # A search from pos still sees the characters before pos for its \b; endpos leaves one
-        # character after the inward code visible to the trailing \b.
-        for m in p.POSTCODE_RE.finditer(text, max(0, hit.start() - p.POSTCODE_BEFORE), end + 1):
-            if m.end() == end:
-                found.append(Match(POSTCODE, (m.group("out") + m.group("in")).upper(), m.start(), end))
+        # A search from pos still sees the characters before pos for its \\b; endpos leaves one
+        # character after the inward code visible to the trailing \\b. Searching on from each
+        # match's end is what finditer would do; only a match ending with this inward code counts
+        # (none can end after it: the inward code is followed by a non-word character).
+        m = search(text, max(0, hit.start() - p.POSTCODE_BEFORE), end + 1)
+        while m is not None and m.end() < end:
+            m = search(text, m.end(), end + 1)
+        if m is not None and m.end() == end:
+            out, inward = m.group("out", "in")
+            found.append((POSTCODE, m.start(), end, (out + inward).upper(), True))
     return found
 
 
 def find_dobs(text: str, cells: Cells | None = None) -> list[Match]:
     """Dates next to a birth cue word, or in a column headed like "DOB"."""
-    spans: dict[int, Match] = {}
-    today = dt.date.today()
+    return _matches(dob_hits(text, cells))
+
+
+def dob_hits(text: str, cells: Cells | None = None) -> list[Hit]:
+    """:func:`find_dobs` as hits, in order of their start."""
+    spans: dict[int, Hit] = {}
+    dates = _DATES.today()
     for cue in _dob_cues(text):
         lo = max(0, cue.start() - p.DOB_BEFORE)
         for m in p.DATE_RE.finditer(text, lo, cue.end() + p.DOB_AFTER):
-            _add_date(spans, m, today)
-    if cells is not None and any(h and _is_dob_header(h) for h in set(cells.headers)):
-        for m in p.DATE_RE.finditer(text):
-            header = header_at(cells, m.start())
-            if header and _is_dob_header(header):
-                _add_date(spans, m, today)
-    return sorted(spans.values(), key=lambda x: x.start)
+            _add_date(spans, m, dates)
+    dob_headers = _headers_where(cells, _is_dob_header)
+    if dob_headers and cells:
+        in_column = _column_dates(text, cells, dob_headers, dates)
+        if not spans:
+            return in_column  # in order already, one per start
+        for hit in in_column:
+            spans.setdefault(hit[1], hit)  # a date a cue found already is the same hit
+    return sorted(spans.values(), key=itemgetter(1))
+
+
+def _column_dates(text: str, cells: Cells, dob_headers: frozenset[str | None],
+                  dates: _DateCache) -> list[Hit]:
+    """Dates starting in a cell whose column header names a date of birth, in order."""
+    found: list[Hit] = []
+    starts, headers = cells.starts, cells.headers
+    first = starts[0]
+    for m in p.DATE_RE.finditer(text):
+        start = m.start()
+        if start >= first and headers[bisect_right(starts, start) - 1] in dob_headers:
+            iso = dates.iso(m)
+            if iso is not None:
+                found.append((DOB, start, m.end(), iso, True))
+    return found
 
 
 def _dob_cues(text: str) -> Iterator[re.Match[str]]:
@@ -146,12 +221,46 @@ def _dob_cues(text: str) -> Iterator[re.Match[str]]:
         yield from p.DOB_CUE_RE.finditer(text)
 
 
-def _add_date(spans: dict[int, Match], m: re.Match[str], today: dt.date) -> None:
-    if m.start() in spans:
+def _add_date(spans: dict[int, Hit], m: re.Match[str], dates: _DateCache) -> None:
+    start = m.start()
+    if start in spans:
         return
-    born = parse_date(m, today)
-    if born is not None:
-        spans[m.start()] = Match(DOB, born.isoformat(), m.start(), m.end())
+    iso = dates.iso(m)
+    if iso is not None:
+        spans[start] = (DOB, start, m.end(), iso, True)
+
+
+class _DateCache:
+    """Birth dates by their spelling: a register repeats the same few thousand dates.
+
+    What :func:`parse_date` makes of a match depends only on the matched text (each form of
+    DATE_RE splits a given text one way) and on today's date, so results are kept per day.
+    """
+
+    def __init__(self) -> None:
+        self._day = dt.date.min
+        self._iso: dict[str, str | None] = {}
+
+    def today(self) -> _DateCache:
+        today = dt.date.today()
+        if today != self._day:
+            self._day, self._iso = today, {}
+        return self
+
+    def iso(self, m: re.Match[str]) -> str | None:
+        spelling = m.group()
+        try:
+            return self._iso[spelling]
+        except KeyError:
+            pass
+        born = parse_date(m, self._day)
+        if len(self._iso) >= _DATE_CACHE_SIZE:
+            self._iso = {}  # a crafted part full of distinct spellings must not grow it forever
+        iso = self._iso[spelling] = born.isoformat() if born is not None else None
+        return iso
+
+
+_DATES = _DateCache()
 
 
 def parse_date(m: re.Match[str], today: dt.date) -> dt.date | None:

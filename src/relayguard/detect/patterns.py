@@ -47,9 +47,11 @@ MONTH_NUMBERS = {name: i for i, name in enumerate(
 # d/m/y, ISO y-m-d, or "3rd March 1951". Every form starts with a digit, so that digit leads the
 # pattern (the engine then skips ahead to digits, 2.5x faster than leading lookbehinds); each
 # form's lookbehind then looks at the character before it, and its first group holds the rest of
-# the day or year: parse_date puts the leading digit back.
+# the day or year: parse_date puts the leading digit back. Every form fails after a digit (each
+# lookbehind refuses a digit, a word character, there), so one shared lookbehind turns those
+# positions away first: tables are dense in long digit runs, and this is a fifth faster there.
 DATE_RE = re.compile(
-    r"\d(?:"
+    r"\d(?<!\d\d)(?:"
     r"(?<![\d/.-]\d)(?P<d>\d?)(?P<s>[/.-])(?P<m>\d{1,2})(?P=s)(?P<y>\d{4}|\d{2})(?![\d/])"
     r"|(?<![\d/.-]\d)(?P<iy>\d{3})-(?P<im>\d{2})-(?P<id>\d{2})(?![\d-])"
     rf"|(?<!\w\d)(?P<td>\d?)(?:st|nd|rd|th)?\s+(?P<tm>{_MONTHS})\.?,?\s+(?P<ty>\d{{4}})\b"

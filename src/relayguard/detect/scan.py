@@ -8,7 +8,7 @@ from email.message import Message
 from relayguard.config import ScanSettings
 from relayguard.decision import Finding
 from relayguard.detect.custom import CustomDetectors, CustomPattern, TermList
-from relayguard.detect.finders import Match, find_all
+from relayguard.detect.finders import Match, builtin_hits
 from relayguard.detect.tally import Tally
 from relayguard.extract import Budget, BudgetExceededError, Problem, TextUnit, extract, walk_message
 
@@ -56,7 +56,7 @@ def scan_message(msg: Message, *, limits: ScanSettings, custom: CustomDetectors 
                 tally.problem(item)
                 continue
             budget.check_time()
-            tally.add(item, find_all(item.text, item.cells))
+            tally.add_hits(item, builtin_hits(item.text, item.cells))
             tally.add(item, runner.run(item, tally))
     except BudgetExceededError:
         tally.problem(Problem("message", "time budget exceeded"))

@@ -1,8 +1,9 @@
 """Turning matches into findings: one per (kind, place, confident), counting distinct values.
 
 Only the first value per group keeps its location and masked sample; every other value is kept
-as its normalised form in a dict, so a spreadsheet with a million identifiers costs a set, not a
-million location strings. Digests are computed once, at the end.
+as its normalised form in a dict (identifiers as ints, a third of the memory of their text), so a
+spreadsheet with a million identifiers costs a dict of ints, not a million location strings.
+Digests are computed once, at the end.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from dataclasses import dataclass, field
 
 from relayguard.decision import Finding
 from relayguard.detect.checksum import ID_KINDS
-from relayguard.detect.finders import Match
+from relayguard.detect.finders import Hit, Key, Match, value_text
 from relayguard.detect.masking import mask, mask_text
 from relayguard.extract.base import Problem, TextUnit
 from relayguard.extract.table import locate
@@ -24,7 +25,7 @@ MAX_PROBLEMS = 50  # an archive bomb must not turn into a million findings
 
 @dataclass(slots=True)
 class _Group:
-    values: dict[str, bool] = field(default_factory=dict)  # normalised value -> confident
+    values: dict[Key, bool] = field(default_factory=dict)  # normalised value -> confident
     first: dict[bool, tuple[str, str]] = field(default_factory=dict)  # confident -> (where, sample)
 
 
@@ -36,16 +37,29 @@ class Tally:
 
     def add(self, unit: TextUnit, matches: list[Match]) -> None:
         """Count ``matches`` found in ``unit``."""
-        for m in matches:
-            group = self._groups.get((m.kind, unit.where))
-            if group is None:
-                group = self._groups[(m.kind, unit.where)] = _Group()
-            was = group.values.get(m.value)
-            if was is None or (m.confident and not was):
-                group.values[m.value] = m.confident
-            if m.confident not in group.first:
+        self.add_hits(unit, [(m.kind, m.start, m.end, m.value, m.confident) for m in matches])
+
+    def add_hits(self, unit: TextUnit, hits: list[Hit]) -> None:
+        """Count ``hits`` found in ``unit``, in order (the first of each group gives its place)."""
+        kind = ""
+        group = _Group()
+        for hit_kind, start, _end, key, confident in hits:
+            if hit_kind != kind:  # hits come in runs of one kind: look the group up once per run
+                kind = hit_kind
+                group = self._group(kind, unit.where)
+            if confident:
+                group.values[key] = True  # new, or weak until now (its place in the order stays)
+            else:
+                group.values.setdefault(key, False)
+            if confident not in group.first:
                 # Places include filenames, which can carry identifiers themselves.
-                group.first[m.confident] = (mask_text(locate(unit, m.start)), mask(m.kind, m.value))
+                group.first[confident] = (mask_text(locate(unit, start)), mask(kind, value_text(key)))
+
+    def _group(self, kind: str, where: str) -> _Group:
+        group = self._groups.get((kind, where))
+        if group is None:
+            group = self._groups[(kind, where)] = _Group()
+        return group
 
     def problem(self, item: Problem) -> None:
         if len(self._problems) < MAX_PROBLEMS:
@@ -56,7 +70,7 @@ class Tally:
         out = [Finding(kind="unscannable", where=w, reason=r) for w, r in self._problems]
         for (kind, _place), group in self._groups.items():
             several = kind in ID_KINDS and len(group.values) >= SEVERAL
-            by_conf: dict[bool, list[str]] = {True: [], False: []}
+            by_conf: dict[bool, list[Key]] = {True: [], False: []}
             for value, confident in group.values.items():
                 by_conf[confident or several].append(value)
             for confident in (True, False):
@@ -67,8 +81,8 @@ class Tally:
                                        sample=sample, digests=self._digests(values)))
         return out
 
-    def _digests(self, values: list[str]) -> frozenset[str]:
+    def _digests(self, values: list[Key]) -> frozenset[str]:
         return frozenset(
-            hashlib.blake2b(self.salt + v.encode(), digest_size=16).hexdigest()
+            hashlib.blake2b(self.salt + value_text(v).encode(), digest_size=16).hexdigest()
             for v in values[:MAX_DIGESTS]
         )

@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import posixpath
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from functools import partial
+from itertools import islice, repeat
 from typing import IO
 from xml.etree.ElementTree import Element
 
+from relayguard.extract import sheetxml
 from relayguard.extract.archive import SafeZip
 from relayguard.extract.base import Budget, Source, TextUnit
+from relayguard.extract.sheetxml import cell_value, number_text
 from relayguard.extract.table import TableWriter
 from relayguard.extract.xmltext import Layout, event_batches, events, layout_text, qualify
 
@@ -51,7 +55,6 @@ _PPTX_PARTS = re.compile(r"ppt/(?:slides/(slide\d+)|notesSlides/(notesSlide\d+)|
 _XLSX_EXTRA = re.compile(
     r"xl/(?:(?:comments/)?(comments?\d*)|threadedComments/(\w+)|charts/(chart\d+)|drawings/(drawing\d+))\.xml")
 _PIVOT = re.compile(r"xl/pivotCache/(pivotCache\w+)\.xml")
-_SCIENTIFIC = re.compile(r"[eE]")
 _DIGITS = "0123456789"
 
 
@@ -88,8 +91,8 @@ def extract_xlsx(src: Source, budget: Budget) -> Iterator[TextUnit]:
     pkg = SafeZip(src.data, budget, kind="xlsx")
     book = _Workbook(pkg, budget)
     for part, sheet in book.sheet_parts():
-        with pkg.stream(part) as stream:
-            yield from _sheet_units(stream, book.strings, TableWriter(f"{src.where}/{sheet}", budget))
+        yield from _sheet_units(partial(pkg.stream, part), book.strings,
+                                TableWriter(f"{src.where}/{sheet}", budget))
     for name in pkg.names():
         m = _XLSX_EXTRA.fullmatch(name)
         if m:
@@ -154,31 +157,68 @@ class _Workbook:
                 yield name, posixpath.basename(name)[:-4]
 
 
-def _sheet_units(stream: IO[bytes], strings: list[str], writer: TableWriter) -> Iterator[TextUnit]:
+def _sheet_units(open_part: Callable[[], IO[bytes]], strings: list[str],
+                 writer: TableWriter) -> Iterator[TextUnit]:
     """Units of one worksheet; the first row with text names the columns.
 
-    Events come a parser chunk at a time and each row's values and references are collected in
-    one pass over its cells: with millions of elements per sheet, per-event and per-cell Python
-    work is most of an xlsx scan. Headers are a dict keyed by column letters.
+    The fast reader (:mod:`sheetxml`) goes first; when it declines, the parser reads the part from
+    the start and the rows the fast reader already delivered are skipped (they were exactly the
+    parser's own), so the units are the same whichever path read which row.
     """
-    headers: dict[str, str] | None = None
-    for batch in event_batches(stream, kind="xlsx"):
-        for _, row in batch:
-            if row.tag not in _ROW:
-                continue
-            values, refs = _row_cells(row, strings)
-            row.clear()
-            if not values:
-                continue
-            if headers is None and any(v and not v[0].isdigit() for v in values):
-                headers = {r.rstrip(_DIGITS): v for r, v in zip(refs, values, strict=True)}
-            unit = writer.add_row(values, refs, [headers.get(r.rstrip(_DIGITS)) for r in refs]
-                                  if headers else [None] * len(values))
-            if unit is not None:
-                yield unit
+    table = _Table(writer)
+    done = 0
+    try:
+        with open_part() as stream:
+            for values, refs in sheetxml.rows(stream, strings):
+                done += 1
+                unit = table.add(values, refs)
+                if unit is not None:
+                    yield unit
+    except sheetxml.Declined:
+        with open_part() as stream:
+            for values, refs in islice(_parsed_rows(stream, strings), done, None):
+                unit = table.add(values, refs)
+                if unit is not None:
+                    yield unit
     last = writer.flush()
     if last is not None:
         yield last
+
+
+class _Table:
+    """Rows into a :class:`TableWriter`, headed by the first row with text. Headers are a dict
+    keyed by column letters."""
+
+    def __init__(self, writer: TableWriter) -> None:
+        self.writer = writer
+        self.headers: dict[str, str] | None = None
+
+    def add(self, values: list[str], refs: list[str]) -> TextUnit | None:
+        if not values:
+            return None
+        headers = self.headers
+        if headers is None and any(v and not v[0].isdigit() for v in values):
+            headers = self.headers = {r.rstrip(_DIGITS): v for r, v in zip(refs, values, strict=True)}
+        if not headers:
+            return self.writer.add_row(values, refs, [None] * len(values))
+        # Each cell's column is its reference without the row number (map: no bytecode per cell).
+        columns = map(str.rstrip, refs, repeat(_DIGITS))
+        return self.writer.add_row(values, refs, list(map(headers.get, columns)))
+
+
+def _parsed_rows(stream: IO[bytes], strings: list[str]) -> Iterator[tuple[list[str], list[str]]]:
+    """(values, references) of every row element, read by the XML parser.
+
+    Events come a parser chunk at a time and each row's values and references are collected in
+    one pass over its cells: with millions of elements per sheet, per-event and per-cell Python
+    work is most of an xlsx scan.
+    """
+    for batch in event_batches(stream, kind="xlsx"):
+        for _, row in batch:
+            if row.tag in _ROW:
+                cells = _row_cells(row, strings)
+                row.clear()
+                yield cells
 
 
 def _row_cells(row: Element, strings: list[str]) -> tuple[list[str], list[str]]:
@@ -190,14 +230,7 @@ def _row_cells(row: Element, strings: list[str]) -> tuple[list[str], list[str]]:
         if kind == "inlineStr":
             value = "".join([t.text or "" for t in cell.iter() if t.tag in _T])
         else:
-            raw = _first_text(cell, _V)
-            if not raw:
-                continue
-            if kind == "s":
-                index = int(raw) if raw.isdigit() else -1
-                value = strings[index] if 0 <= index < len(strings) else ""
-            else:
-                value = _number_text(raw) if kind is None or kind == "n" else raw
+            value = cell_value(kind, _first_text(cell, _V), strings)
         if value:
             values.append(value)
             refs.append(cell.get("r") or f"{_column(i)}{row.get('r', '')}")
@@ -210,18 +243,6 @@ def _first_text(cell: Element, tags: frozenset[str]) -> str | None:
         child = cell[0]
         return child.text if child.tag in tags else None
     return next((child.text for child in cell if child.tag in tags), None)
-
-
-def _number_text(raw: str) -> str:
-    # Excel may store 4366141345 as 4.366141345E9; show it as the digits a person would see.
-    if _SCIENTIFIC.search(raw):
-        try:
-            number = float(raw)
-        except ValueError:
-            return raw
-        if number.is_integer() and abs(number) < 1e15:
-            return str(int(number))
-    return raw
 
 
 def _column(index: int) -> str:
@@ -240,7 +261,7 @@ def _pivot_values(pkg: SafeZip, name: str, where: str, budget: Budget) -> Iterat
         for _, elem in events(stream, kind="xlsx"):
             v = elem.get("v")
             if v:
-                values.append(_number_text(v))
+                values.append(number_text(v))
             elem.clear()
             if len(values) >= 10_000:
                 yield TextUnit(where, "\n".join(values))
