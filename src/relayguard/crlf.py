@@ -29,6 +29,9 @@ def canonical_line_endings(raw: bytes) -> bytes:
     return out if out.endswith(b"\r\n") else out + b"\r\n"
 
 
-def dot_stuffed(raw: bytes) -> bytes:
-    """RFC 5321 4.5.2 transparency for canonical ``raw``, with the end-of-data line."""
-    return (b"\r\n" + raw).replace(b"\r\n.", b"\r\n..")[2:] + b".\r\n"
+def dot_stuffed(raw: bytes) -> list[bytes]:
+    """RFC 5321 4.5.2 transparency for canonical ``raw``, with the end-of-data line, as pieces
+    to write one after another: at most one copy of the message (none when no line starts with
+    a dot), where joining them would make two more."""
+    first = b"." if raw.startswith(b".") else b""
+    return [first, raw.replace(b"\r\n.", b"\r\n.."), b".\r\n"]

@@ -34,6 +34,8 @@ Decider = Callable[[bytes, Envelope, Submitter], Awaitable[Decision]]
 Committer = Callable[[bytes, Envelope, Submitter, Decision, str | None, str | None], Awaitable[str]]
 
 _HEADER_PARSER = BytesHeaderParser(policy=compat32)
+# Up to this size the line-ending check runs in the loop (microseconds; a thread hop costs more).
+_INLINE_CRLF_BYTES = 64 * 1024
 
 @dataclass(frozen=True, slots=True)
 class FrontLimits:
@@ -76,12 +78,11 @@ class RelayHandler:
     """aiosmtpd hooks: ``handle_<VERB>`` returns the reply text."""
 
     def __init__(self, *, limits: FrontLimits, decide: Decider, commit: Committer,
-                 executor: Any = None, on_accepted: Callable[[], None] | None = None) -> None:
+                 executor: Any = None) -> None:
         self.limits = limits
         self.decide = decide
         self.commit = commit
         self.executor = executor
-        self.on_accepted = on_accepted or (lambda: None)
 
     def is_trusted(self, session: Session) -> bool:
         try:
@@ -126,10 +127,12 @@ class RelayHandler:
     async def handle_DATA(self, server: SMTP, session: Session,  # noqa: N802
                           envelope: SmtpEnvelope) -> str:
         started = time.perf_counter()
-        loop = asyncio.get_running_loop()
-        # Off the loop: a 30 MB message takes tens of milliseconds to scan for line endings.
-        raw = await loop.run_in_executor(self.executor, canonical_line_endings,
-                                         envelope.original_content or b"")
+        content = envelope.original_content or b""
+        if len(content) <= _INLINE_CRLF_BYTES:
+            raw = canonical_line_endings(content)
+        else:  # off the loop: a 30 MB message takes tens of milliseconds to check
+            raw = await asyncio.get_running_loop().run_in_executor(
+                self.executor, canonical_line_endings, content)
         env = Envelope(mail_from=_sender(envelope), rcpt_tos=tuple(envelope.rcpt_tos))
         submitter = self.submitter_of(session, envelope)
         message_id, subject = _headers_of(raw)
@@ -140,8 +143,6 @@ class RelayHandler:
             log.error("smtp.transaction", outcome="store_failed", error=safe(str(exc)),
                       message_id=message_id, submitter=safe(submitter.name))
             return "451 4.3.0 Temporary failure storing the message; please retry"
-        if decision.action is not Action.REJECT:
-            self.on_accepted()
         reply = reply_for(decision, queue_id)
         log.info("smtp.transaction", queue_id=queue_id, message_id=message_id,
                  submitter=safe(submitter.name), submitter_kind=submitter.kind.value,

@@ -17,8 +17,11 @@ from relayguard.errors import AuthError
 from relayguard.log import get_logger, safe
 from relayguard.smtp.data import DataScanner, DataState
 from relayguard.smtp.handler import RelayHandler
+from relayguard.smtp.speedups import install as _install_speedups
+from relayguard.smtp.speedups import simple_path
 
 log = get_logger("relayguard.smtp")
+_install_speedups()
 
 # verify(name, password, client_ip) -> account name; raises AuthError.
 Verifier = Callable[[str, str, str], Awaitable[str]]
@@ -128,6 +131,21 @@ class RelaySMTP(SMTP):
             self._admitted_ip = None
         super().connection_lost(error)
 
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        """aiosmtpd's address parsing, with the common ``<local@domain> PARAMS`` form read by a
+        regex (see speedups.py); anything else, or a local part over the limit, goes to it."""
+        found = simple_path(arg)
+        if found is None or (self.local_part_limit
+                             and len(found[0].rpartition("@")[0]) > self.local_part_limit):
+            try:
+                return super()._getaddr(arg)
+            except Exception:  # noqa: BLE001
+                # The email parser crashes on some malformed paths ("<", "0@[", "0@[ ": IndexError,
+                # AttributeError, UnboundLocalError...): aiosmtpd would answer 500 with the
+                # exception's name; a syntax error is the truthful reply.
+                return None, None
+        return found
+
     # aiosmtpd drops a source route (``<@a:b@c>`` becomes ``b@c``) before the handler's hook sees
     # the address, so address_problem() never could refuse it: look at the raw argument here.
     async def smtp_MAIL(self, arg: str) -> None:  # noqa: N802
@@ -235,12 +253,14 @@ def tls_context(settings: SmtpSettings) -> ssl.SSLContext | None:
     return ctx
 
 
-async def start_server(handler: RelayHandler, *, settings: SmtpSettings,
-                       verify: Verifier) -> asyncio.Server:
+async def start_server(handler: RelayHandler, *, settings: SmtpSettings, verify: Verifier,
+                       reuse_port: bool = False) -> asyncio.Server:
+    """Listen on ``settings.listen``. ``reuse_port``: share the port with our sibling processes
+    (never set for one process, so a second instance started by mistake fails to bind)."""
     host, port = parse_listen(settings.listen, default_port=2525)
     limiter = SessionLimiter(total=settings.max_sessions, per_ip=settings.max_sessions_per_ip)
     ctx = tls_context(settings)
     loop = asyncio.get_running_loop()
     return await loop.create_server(
         lambda: RelaySMTP(handler, settings=settings, verify=verify, limiter=limiter, tls_context=ctx),
-        host=host, port=port, reuse_address=True)
+        host=host, port=port, reuse_address=True, reuse_port=reuse_port or None)

@@ -1,0 +1,85 @@
+"""The aiosmtpd speed-ups must not change a single answer: compared with aiosmtpd's own code."""
+
+from __future__ import annotations
+
+import inspect
+
+import aiosmtpd.smtp
+import pytest
+from aiosmtpd.smtp import SMTP
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from relayguard.smtp.server import RelaySMTP
+from relayguard.smtp.speedups import simple_path
+
+
+class _Plain(SMTP):
+    """aiosmtpd's _getaddr, untouched (RelaySMTP overrides it)."""
+
+    def __init__(self) -> None:  # no transport, no handler: only _getaddr is used
+        self.local_part_limit = 0
+
+
+def reference(arg: str) -> tuple[str | None, str | None]:
+    try:
+        return _Plain()._getaddr(arg)
+    except Exception:  # its parser crashes on "<", "0@[ " (500); ours: syntax error
+        return None, None
+
+
+def ours(arg: str, limit: int = 0) -> tuple[str | None, str | None]:
+    proto = RelaySMTP.__new__(RelaySMTP)
+    proto.local_part_limit = limit
+    return proto._getaddr(arg)
+
+
+@pytest.mark.parametrize("arg", [
+    "<alice@example.org>", "<alice@example.org> SIZE=1024 BODY=8BITMIME", " <a.b+tag@x-y.nhs.uk>",
+    "<o'brien@example.org>\tSMTPUTF8", "<a@b>", "<>", "",
+    # Forms the regex leaves to the full parser; the answer must still be aiosmtpd's.
+    '<"quoted local"@example.org>', "<alice@[192.0.2.1]>", "alice@example.org", "<a..b@example.org>",
+    "<.a@example.org>", "<a@example.org>SIZE=1", "<a@example.org", "<a@@example.org>",
+    "<@relay.example:alice@example.org>", "<alice(comment)@example.org>", "<jörg@example.org>",
+    "<alice@example.org.>", "<a@-example.org>", "<", "<a@b> (comment) SIZE=1", "<a@b>  ", "0@[", "0@[ ",
+])
+def test_same_answer_as_aiosmtpd(arg: str) -> None:
+    assert ours(arg) == reference(arg)
+
+
+def test_common_form_takes_the_fast_path() -> None:
+    assert simple_path("<alice@example.org> SIZE=10") == ("alice@example.org", "SIZE=10")
+    assert simple_path('<"x y"@example.org>') is None
+
+
+def test_local_part_limit_still_applies() -> None:
+    assert ours("<" + "a" * 65 + "@example.org>", limit=64) == (None, None)
+    assert ours("<" + "a" * 64 + "@example.org>", limit=64)[0] == "a" * 64 + "@example.org"
+
+
+_chars = st.sampled_from(list("abcXYZ019.-_+'@<>[]\"() \t=:,\\é"))
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.text(_chars, max_size=30))
+def test_any_argument_gets_aiosmtpd_answer(arg: str) -> None:
+    assert ours(arg) == reference(arg)
+
+
+class _Protocolish:
+    def auth_PLAIN(self) -> str:
+        return "plain"
+
+    async def auth_LOGIN(self) -> str:
+        return "login"
+
+    def smtp_HELO(self) -> None:
+        """Not an auth method."""
+
+
+def test_auth_methods_found_as_inspect_finds_them() -> None:
+    obj = _Protocolish()
+    expected = [(n, m) for n, m in inspect.getmembers(obj) if n.startswith("auth_")]
+    assert aiosmtpd.smtp.inspect.getmembers(obj) == expected
+    assert [n for n, _ in expected] == ["auth_LOGIN", "auth_PLAIN"]
+
