@@ -90,10 +90,19 @@ async def _shot(page: Any, path: Path) -> None:
     await page.screenshot(path=str(path), full_page=True)
 
 
-def _cli(store_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+def _tamper(path: str) -> None:
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE audit SET actor='someone-else' WHERE action='approved'")
+
+
+async def _cli(store_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run the CLI without blocking the event loop: the relay under test runs in this loop, and
+    a loop frozen mid-transaction would hold the database's writer lock for as long as the CLI
+    waits for it."""
     env = {**os.environ, "RELAYGUARD_STORE__URL": store_url, "COLUMNS": "300"}
-    return subprocess.run([str(Path(sys.executable).with_name("relayguard")), *args], env=env,
-                          capture_output=True, text=True, timeout=60, check=False)
+    return await asyncio.to_thread(
+        subprocess.run, [str(Path(sys.executable).with_name("relayguard")), *args], env=env,
+        capture_output=True, text=True, timeout=60, check=False)
 
 
 async def test_held_message_released_by_second_person(browser: Any, relay_factory: Any, sink: Any,
@@ -160,9 +169,8 @@ async def test_held_message_released_by_second_person(browser: Any, relay_factor
     await _shot(ada, shots / "history.png")
 
     if store_url.startswith("sqlite"):
-        assert _cli(store_url, "audit", "verify").returncode == 0
-        with sqlite3.connect(store_url.removeprefix("sqlite:///")) as db:
-            db.execute("UPDATE audit SET actor='someone-else' WHERE action='approved'")
-        broken = _cli(store_url, "audit", "verify")
+        assert (await _cli(store_url, "audit", "verify")).returncode == 0
+        await asyncio.to_thread(_tamper, store_url.removeprefix("sqlite:///"))
+        broken = await _cli(store_url, "audit", "verify")
         assert broken.returncode == 1
         assert "broken at entry" in broken.stderr

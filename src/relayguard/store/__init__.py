@@ -18,7 +18,8 @@ def open_store(url: str, *, clock: Clock | None = None, synchronous: str = "FULL
     if url.startswith("sqlite"):
         from relayguard.store import sqlite  # noqa: PLC0415 - each backend loads only its driver
 
-        return Store(sqlite.create_engine(url, synchronous=synchronous), clock=clock, url=url)
+        return Store(sqlite.create_engine(url, synchronous=synchronous), clock=clock, url=url,
+                     write_lock=sqlite.WriterLock(sqlite.database_path(url)))
     if url.startswith(("postgresql", "postgres:")):
         try:
             from relayguard.store import postgres  # noqa: PLC0415

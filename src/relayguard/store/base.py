@@ -16,7 +16,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
-from sqlalchemy import Table, bindparam, delete, func, insert, or_, select, text, update
+from sqlalchemy import Table, bindparam, case, delete, func, insert, null, or_, select, text, update
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -84,6 +84,9 @@ _FINISH = (
             delivered_at=func.coalesce(bindparam("b_delivered"), t.messages.c.delivered_at))
 )
 _RAW_OF = select(t.messages.c.raw).where(t.messages.c.id == bindparam("b_id"))
+CLAIM_RAW_MAX_BYTES = 64 * 1024  # claims carry the bytes of messages up to this size
+_SMALL_RAW = case((t.messages.c.size <= CLAIM_RAW_MAX_BYTES, t.messages.c.raw),
+                  else_=null()).label("raw")
 
 
 def new_queue_id() -> str:
@@ -100,17 +103,16 @@ class Store:
     """All persistence. Backends differ only in how the engine is made (``sqlite``, ``postgres``)."""
 
     def __init__(self, engine: AsyncEngine, *, clock: Clock | None = None, schema: str | None = None,
-                 url: str = "") -> None:
+                 url: str = "", write_lock: contextlib.AbstractAsyncContextManager[Any] | None = None,
+                 ) -> None:
         self.engine = engine
         self.clock: Clock = clock or SystemClock()
         self.schema = schema
         self.url = url
         self.is_postgres = engine.dialect.name == "postgresql"
-        # SQLite has one writer. Queueing our own writers here, in the event loop, is far cheaper
-        # than letting each pooled connection retry BEGIN IMMEDIATE in SQLite's busy handler,
-        # which sleeps up to 100 ms between tries. PostgreSQL needs no such lock.
+        # SQLite has one writer: its backend queues ours (sqlite.WriterLock). PostgreSQL needs none.
         self._write_lock: contextlib.AbstractAsyncContextManager[Any] = (
-            contextlib.nullcontext() if self.is_postgres else asyncio.Lock())
+            write_lock or contextlib.nullcontext())
         self._pending: list[_Work] = []
         self._drainer: asyncio.Task[None] | None = None
 
@@ -120,10 +122,11 @@ class Store:
         """Bring the schema to the newest Alembic revision (safe to call from several instances)."""
         async with self.begin() as conn:
             if self.is_postgres:
+                # Two instances starting together must not both create the tables (nor the
+                # schema: concurrent CREATE SCHEMA IF NOT EXISTS can still fail on a duplicate).
+                await conn.execute(text("SELECT pg_advisory_xact_lock(4242001)"))
                 if self.schema:
                     await conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"'))
-                # Two instances starting together must not both create the tables.
-                await conn.execute(text("SELECT pg_advisory_xact_lock(4242001)"))
             await conn.run_sync(self._upgrade)
 
     def _upgrade(self, sync_conn: Any) -> None:
@@ -142,6 +145,8 @@ class Store:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(asyncio.shield(self._drainer), 10)
         await self.engine.dispose()
+        if closer := getattr(self._write_lock, "close", None):
+            closer()
 
     @asynccontextmanager
     async def begin(self) -> AsyncIterator[AsyncConnection]:
@@ -226,6 +231,9 @@ class Store:
             "action": decision.action.value, "decision": json.dumps(decision.to_json()),
             "policy_version": decision.policy_version, "attempts": 0, "next_attempt_at": now,
             "results": "{}",
+            # Always present: a group commit inserts its rows with one executemany, whose
+            # statement takes its columns from the first row (accept_leased() fills these).
+            "lease_owner": None, "lease_until": None,
         }
 
     async def accept(self, *, raw: bytes, envelope: Envelope, submitter: Submitter, decision: Decision,
@@ -239,6 +247,23 @@ class Store:
         else:
             await self.execute(insert(t.messages).values(**row))
         return str(row["id"])
+
+    async def accept_leased(self, *, owner: str, lease: float, raw: bytes, envelope: Envelope,
+                            submitter: Submitter, decision: Decision, message_id: str | None,
+                            subject: str | None, conn: AsyncConnection) -> StoredMessage:
+        """Commit a message to deliver already leased to ``owner``, and return it whole: the
+        accepting instance sends it straight away, with no claim and no read of its bytes. If
+        that instance dies first, the lease runs out (or its restart frees it) as for any claim."""
+        row = self._message_row(raw=raw, envelope=envelope, submitter=submitter, decision=decision,
+                                message_id=message_id, subject=subject, origin="client",
+                                state=State.QUEUED)
+        row.update(lease_owner=owner, lease_until=row["created_at"] + lease)
+        await insert_at_commit(conn, t.messages, row)
+        return StoredMessage(
+            id=row["id"], created_at=row["created_at"], updated_at=row["updated_at"], origin="client",
+            envelope=envelope, submitter=submitter, message_id=message_id, subject=subject,
+            size=len(raw), state=State.QUEUED, decision=decision, attempts=0,
+            next_attempt_at=row["next_attempt_at"], raw=raw)
 
     # -- the delivery queue ------------------------------------------------------------------
 
@@ -255,10 +280,11 @@ class Store:
             # SQLite ignores it; BEGIN IMMEDIATE already serialises writers.
             .with_for_update(skip_locked=True)
         )
-        # Without the bytes: a batch of large messages would be copied on the event loop here;
-        # the sender fetches each one's bytes with raw_of() right before it sends it.
+        # The bytes only of small messages: a batch of large ones would be copied on the event
+        # loop here; the sender fetches those with raw_of() right before it sends each.
         stmt = (update(t.messages).where(t.messages.c.id.in_(due))
-                .values(lease_owner=owner, lease_until=now + lease).returning(*_SUMMARY_COLUMNS))
+                .values(lease_owner=owner, lease_until=now + lease)
+                .returning(*_SUMMARY_COLUMNS, _SMALL_RAW))
         async with self.begin() as conn:
             rows = (await conn.execute(stmt)).fetchall()
         return sorted((StoredMessage.from_row(r) for r in rows), key=lambda m: m.next_attempt_at or 0)

@@ -6,14 +6,92 @@ and then deadlock upgrading to a write; ``busy_timeout`` makes the loser wait in
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import fcntl
+import os
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
+import structlog
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 _SYNC_LEVELS = {"OFF", "NORMAL", "FULL", "EXTRA"}
+FILE_LOCK_WAIT_S = 30.0  # as long as SQLite's busy_timeout below
+log = structlog.get_logger("relayguard.store")
+
+
+def database_path(url: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URL (None in memory)."""
+    database = make_url(url).database
+    return Path(database) if database and database != ":memory:" else None
+
+
+class WriterLock:
+    """One writer at a time. Our own writers queue in the event loop, which is far cheaper than
+    letting each pooled connection retry BEGIN IMMEDIATE in SQLite's busy handler (it sleeps up
+    to 100 ms between tries); writers in other processes on the same file (``smtp.processes``,
+    the CLI) queue on an flock() of ``<db>-writer.lock``, which wakes the next one the moment
+    the holder lets go. The busy handler stays as the backstop for anything else."""
+
+    def __init__(self, path: Path | None) -> None:
+        self._local = asyncio.Lock()
+        self._path = path.with_name(path.name + "-writer.lock") if path else None
+        self._fd: int | None = None
+        self._held = False
+
+    def _file(self) -> int:
+        if self._fd is None:
+            assert self._path is not None
+            self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
+        return self._fd
+
+    async def __aenter__(self) -> None:
+        await self._local.acquire()
+        try:
+            self._held = self._path is not None and await self._lock_file(self._file())
+        except BaseException:
+            self._local.release()
+            raise
+
+    @staticmethod
+    async def _lock_file(fd: int) -> bool:
+        """Take the file lock; False if another process kept it past ``FILE_LOCK_WAIT_S``.
+        Then we go on without it and SQLite's own locking decides (its busy handler waits,
+        then the store reports the database as locked): a stuck holder must never hang us."""
+        with contextlib.suppress(BlockingIOError):
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # uncontended: no thread hop
+            return True
+        waiting = asyncio.get_running_loop().run_in_executor(None, fcntl.flock, fd, fcntl.LOCK_EX)
+        try:
+            await asyncio.wait_for(asyncio.shield(waiting), FILE_LOCK_WAIT_S)
+        except (asyncio.CancelledError, TimeoutError) as exc:
+            # The thread goes on waiting and will get the lock: give it back when it does.
+            def give_back(done: asyncio.Future[None]) -> None:
+                if done.exception() is None:
+                    fcntl.flock(fd, fcntl.LOCK_UN)
+
+            waiting.add_done_callback(give_back)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            log.warning("store.writer_lock_timeout", waited_s=FILE_LOCK_WAIT_S)
+            return False
+        return True
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        if self._held and self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+        self._held = False
+        self._local.release()
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 def create_engine(url: str, *, synchronous: str = "FULL") -> AsyncEngine:
