@@ -24,6 +24,7 @@ from sink import Sink
 BENCH = Path(__file__).resolve().parent
 SESSIONS = 20
 WARMUP = 20  # messages through each fresh instance before the clock starts (imports, caches, pools)
+SETTLE_S = 3.0  # before the memory window: the idle baseline includes processes started in the background
 
 
 @dataclass
@@ -44,6 +45,7 @@ class Result:
     cpu_idle_pct: float | None = None
     peak_sessions: int | None = None
     peak_rss_sum_kib: int | None = None
+    idle_rss_sum_kib: int | None = None
     peak_hwm_kib: int | None = None
     processes: int | None = None
     latency: dict[str, Any] = field(default_factory=dict)
@@ -214,6 +216,7 @@ class Bench:
 
         def body(sink: Sink, server: paths.Server, r: Result) -> None:
             base = sink.count()
+            time.sleep(SETTLE_S)  # worker processes a server starts in the background are up
             with monitor.Monitor(port=server.port, pids=server.pids, interval=0.02) as mon:
                 t0 = time.monotonic()
                 err = _run_source(smtp_source_argv(server.port, workload, 1, 1), timeout)
@@ -236,5 +239,6 @@ def _copy_monitor(r: Result, s: monitor.Sample) -> None:
     r.cpu_idle_pct = s.cpu_idle_pct
     r.peak_sessions = s.peak_sessions
     r.peak_rss_sum_kib = s.peak_rss_sum_kib or None
+    r.idle_rss_sum_kib = s.idle_rss_sum_kib or None
     r.peak_hwm_kib = s.peak_hwm_kib or None
     r.processes = s.processes or None

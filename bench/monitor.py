@@ -56,6 +56,7 @@ class Sample:
     cpu_idle_pct: float = 0.0
     peak_sessions: int = 0
     peak_rss_sum_kib: int = 0  # largest sum of VmRSS over the server's processes seen at one time
+    idle_rss_sum_kib: int = 0  # the same sum at the start of the window, before any traffic
     peak_hwm_kib: int = 0  # largest VmHWM of any one server process (kernel-tracked, misses nothing)
     processes: int = 0
     rss_samples: list[int] = field(default_factory=list, repr=False)
@@ -79,6 +80,8 @@ class Monitor:
     def __enter__(self) -> Monitor:
         self._t0 = time.monotonic()
         self._cpu0 = cpu_times()
+        self._sample()  # the idle baseline, before the client starts
+        self.result.idle_rss_sum_kib = self.result.peak_rss_sum_kib
         self._thread.start()
         return self
 

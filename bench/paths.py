@@ -13,6 +13,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,7 @@ CACHE = ROOT / "bench" / ".cache"
 HARAKA_BIN = CACHE / "node_modules" / ".bin" / "haraka"
 RELAYGUARD_BIN = ROOT / ".venv" / "bin" / "relayguard"
 PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+RELAY_SETTLE_S = 3.0
 PG_BENCH_DB = "relayguard_bench"  # its own database, dropped and made anew per start; never `test`
 
 
@@ -231,10 +233,12 @@ class Relayguard(Path_):
 
     command = ".venv/bin/relayguard serve (RELAYGUARD_* env, see README)"
 
-    def __init__(self, store: str, extra_env: dict[str, str] | None = None) -> None:
+    def __init__(self, store: str, extra_env: dict[str, str] | None = None, processes: int = 1) -> None:
         self.store = store
-        self.key = f"relayguard-{store}"
-        self.label = f"relayguard ({'SQLite' if store == 'sqlite' else 'PostgreSQL'}, default policy)"
+        self.processes = processes
+        many = f", {processes} processes" if processes > 1 else ""
+        self.key = f"relayguard-{store}" + (f"-{processes}p" if processes > 1 else "")
+        self.label = f"relayguard ({'SQLite' if store == 'sqlite' else 'PostgreSQL'}{many}, default policy)"
         self.extra_env = extra_env or {}
 
     def unavailable(self) -> str | None:
@@ -262,6 +266,7 @@ class Relayguard(Path_):
             "RELAYGUARD_STORE__URL": self._store_url(workdir, port),
             "RELAYGUARD_POLICY__PATH": str(ROOT / "policies" / "default.yaml"),
             "RELAYGUARD_WEB__LISTEN": f"{procs.LOOPBACK}:{procs.free_port()}",
+            "RELAYGUARD_SMTP__PROCESSES": str(self.processes),  # SO_REUSEPORT, docs/OPERATIONS.md
             **self.extra_env,
         }
 
@@ -276,6 +281,9 @@ class Relayguard(Path_):
             log=workdir / f"{self.key}-{port}.log",
         )
         procs.wait_smtp_banner(port, timeout=60, proc=proc)
+        # The banner comes before the scan workers (forked and importing in the background) and,
+        # with several processes, before the last of them listens: let that finish off the clock.
+        time.sleep(RELAY_SETTLE_S)
         return Server(port=port, stop=lambda: procs.stop(proc), pids=lambda: [proc.pid])
 
 
@@ -287,4 +295,7 @@ def all_paths(relay_env: dict[str, str] | None = None) -> list[Path_]:
         Haraka(),
         Relayguard("sqlite", relay_env),
         Relayguard("postgresql", relay_env),
+        # Two relay processes on one port: what a busy site on a 2-core box would run.
+        Relayguard("sqlite", relay_env, processes=2),
+        Relayguard("postgresql", relay_env, processes=2),
     ]

@@ -29,7 +29,7 @@ from relayguard.policy.loader import LoadedPolicy
 from relayguard.policy.reload import PolicyHolder, install_sighup, watch
 from relayguard.scanpool import ScanPool
 from relayguard.smtp import FrontLimits, RelayHandler, start_server
-from relayguard.store import Store, open_store
+from relayguard.store import Store, StoredMessage, open_store
 from relayguard.upstream import CaptureUpstream, SmtpUpstream, Upstream
 
 log = get_logger("relayguard")
@@ -54,8 +54,12 @@ class Relay:
     """One relay instance. ``await start()``, then ``await stop()``."""
 
     def __init__(self, settings: Settings, *, clock: Clock | None = None,
-                 upstream_factory: Callable[[], Upstream] | None = None) -> None:
+                 upstream_factory: Callable[[], Upstream] | None = None,
+                 process_index: int = 0) -> None:
         self.settings = settings
+        # One of smtp.processes relays on one port; process 0 alone runs the web UI and the
+        # periodic jobs (one sweep, one alert check, one purge per site, not one per process).
+        self.process_index = process_index
         self.store: Store = open_store(settings.store.url, clock=clock,
                                        synchronous=settings.store.synchronous)
         self._upstream_factory = upstream_factory
@@ -92,9 +96,22 @@ class Relay:
 
     async def commit(self, raw: bytes, envelope: Envelope, submitter: Submitter, decision: Decision,
                      message_id: str | None, subject: str | None) -> str:
-        """The message, its decision, its audit entry and any hold notices in ONE transaction."""
-        queue_id = await self.store.batched(
-            lambda conn: self._commit_in(conn, raw, envelope, submitter, decision, message_id, subject))
+        """The message, its decision, its audit entry and any hold notices in ONE transaction.
+        Mail to deliver goes straight to this instance's delivery worker when it has room,
+        leased to it in the same transaction: no claim, no read of the bytes back."""
+        worker = self.worker
+        owner = (worker.owner if worker is not None and decision.action is Action.DELIVER
+                 and worker.reserve(len(raw)) else None)
+        handed: StoredMessage | None = None
+        try:
+            queue_id, handed = await self.store.batched(
+                lambda conn: self._commit_in(conn, raw, envelope, submitter, decision, message_id,
+                                             subject, lease_to=owner))
+        finally:
+            if owner is not None and worker is not None:
+                worker.hand_over(handed)
+        if worker is not None and handed is None and decision.action is Action.DELIVER:
+            worker.wake()  # committed unleased: claim it now rather than at the next poll
         # Counted once committed: a group commit that fails is re-run message by message.
         # Same SMTP session task as decide(), so the context carries its start (end of DATA).
         started = _decide_started.get()
@@ -104,11 +121,21 @@ class Relay:
 
     async def _commit_in(self, conn: AsyncConnection, raw: bytes, envelope: Envelope,
                          submitter: Submitter, decision: Decision, message_id: str | None,
-                         subject: str | None) -> str:
+                         subject: str | None, *, lease_to: str | None,
+                         ) -> tuple[str, StoredMessage | None]:
+        """``lease_to``: the delivery worker that reserved a place for this message, if any."""
         held = decision.action is Action.HOLD
-        queue_id = await self.store.accept(raw=raw, envelope=envelope, submitter=submitter,
-                                           decision=decision, message_id=message_id,
-                                           subject=subject, conn=conn)
+        handed: StoredMessage | None = None
+        if lease_to is not None:
+            handed = await self.store.accept_leased(
+                owner=lease_to, lease=self.settings.delivery.lease.total_seconds(),
+                raw=raw, envelope=envelope, submitter=submitter, decision=decision,
+                message_id=message_id, subject=subject, conn=conn)
+            queue_id = handed.id
+        else:
+            queue_id = await self.store.accept(raw=raw, envelope=envelope, submitter=submitter,
+                                               decision=decision, message_id=message_id,
+                                               subject=subject, conn=conn)
         await audit.append(conn, at=self.store.clock.now(), actor=submitter.name,
                            action="held" if held else "decided", obj=queue_id,
                            details={"action": decision.action.value, "rules": list(decision.rules),
@@ -119,7 +146,7 @@ class Relay:
             await notify.on_held(conn, self.store, self.settings, queue_id=queue_id,
                                  envelope=envelope, submitter=submitter, decision=decision,
                                  subject=subject)
-        return queue_id
+        return queue_id, handed
 
     def _policy_changed(self, old_version: str, fresh: LoadedPolicy) -> None:
         """Audit a reload (the holder calls this synchronously, from a signal or the watcher)."""
@@ -137,8 +164,10 @@ class Relay:
         return user.name
 
     def instance_name(self) -> str:
-        """Stable across restarts, distinct between instances (no two share a listen address)."""
-        return self.settings.delivery.instance or f"{socket.gethostname()}/{self.settings.smtp.listen}"
+        """Stable across restarts, distinct between instances (no two share a listen address)
+        and between the processes of one instance."""
+        name = self.settings.delivery.instance or f"{socket.gethostname()}/{self.settings.smtp.listen}"
+        return f"{name}#{self.process_index}" if self.process_index else name
 
     async def _sweep_forever(self) -> None:
         while True:
@@ -197,21 +226,24 @@ class Relay:
                 max_recipients=self.settings.smtp.max_recipients,
                 trusted_networks=tuple(ipaddress.ip_network(n, strict=False)
                                        for n in self.settings.smtp.trusted_networks)),
-            decide=self.decide, commit=self.commit, on_accepted=self.worker.wake)
-        self._server = await start_server(handler, settings=self.settings.smtp, verify=self.verify_login)
+            decide=self.decide, commit=self.commit)
+        self._server = await start_server(handler, settings=self.settings.smtp, verify=self.verify_login,
+                                          reuse_port=self.settings.smtp.processes > 1)
         self._tasks.append(asyncio.create_task(self.worker.run(), name="delivery"))
-        self._tasks.append(asyncio.create_task(self._sweep_forever(), name="sweep"))
-        self._repeat(self.check_alerts, ALERT_EVERY, "alerts")
-        self._repeat(self.purge, PURGE_EVERY, "retention")
+        self._tasks.append(asyncio.create_task(self.scan_pool.warm(), name="scan-warm"))
+        if self.process_index == 0:
+            self._tasks.append(asyncio.create_task(self._sweep_forever(), name="sweep"))
+            self._repeat(self.check_alerts, ALERT_EVERY, "alerts")
+            self._repeat(self.purge, PURGE_EVERY, "retention")
         if self.settings.policy.watch:
             self._tasks.append(asyncio.create_task(watch(self.policy), name="policy-watch"))
         with contextlib.suppress(NotImplementedError, RuntimeError):  # no signals off the main thread
             install_sighup(asyncio.get_running_loop(), self.policy)
-        if self.settings.web.enabled:
+        if self.settings.web.enabled and self.process_index == 0:
             await self._start_web()
         host, port = parse_listen(self.settings.smtp.listen, default_port=2525)
         log.info("relay.started", smtp=f"{host}:{port}", store=self.store.engine.dialect.name,
-                 web=self.settings.web.listen if self.settings.web.enabled else None,
+                 web=self.settings.web.listen if self.web is not None else None,
                  policy_version=self.policy.version[:12],
                  upstream="capture" if self.settings.capture_mode else
                  f"{self.settings.upstream.host}:{self.settings.upstream.port}")

@@ -33,6 +33,9 @@ log = get_logger("relayguard.delivery")
 Preparer = Callable[[bytes, Decision, Envelope], list[tuple[Envelope, bytes]]]
 
 DELIVERED, DEFERRED, FAILED = "delivered", "deferred", "failed"
+# Larger messages are not handed over at acceptance: their bytes would wait in memory for a
+# sender; they are claimed and read back when a sender is free.
+HAND_OVER_MAX_BYTES = 1024 * 1024
 
 
 def _identity(raw: bytes, decision: Decision, envelope: Envelope) -> list[tuple[Envelope, bytes]]:
@@ -93,6 +96,12 @@ class DeliveryWorker:
         self.hostname = hostname
         self.owner = owner or f"{socket.gethostname()}:{id(self):x}"
         self._wake = asyncio.Event()
+        # Claimed and handed-over messages wait here for a sender. Unbounded: claims wait for
+        # room (_until_room) and hand-overs are counted by reserve() before they commit.
+        self._queue: asyncio.Queue[StoredMessage] = asyncio.Queue()
+        self._taken = asyncio.Event()
+        self._reserved = 0
+        self._running = False
         self._commits: set[asyncio.Task[None]] = set()
         self._committing = asyncio.Semaphore(256)
         self.on_outcome: Callable[[StoredMessage, Outcome], None] = lambda msg, outcome: None  # metrics
@@ -102,20 +111,45 @@ class DeliveryWorker:
         """New mail was committed: look now rather than at the next poll."""
         self._wake.set()
 
+    def reserve(self, size: int) -> bool:
+        """A place in the send queue for a message about to be committed leased to this worker
+        (Store.accept_leased); False when the queue is long, the message large (its bytes would
+        wait in memory) or the worker not running: it is then committed unleased and claimed."""
+        if (not self._running or self._stopping or size > HAND_OVER_MAX_BYTES
+                or self._queue.qsize() + self._reserved >= 4 * self.settings.workers):
+            return False
+        self._reserved += 1
+        return True
+
+    def hand_over(self, msg: StoredMessage | None) -> None:
+        """Fill the place reserve() kept: the committed message, or None if the commit failed."""
+        self._reserved -= 1
+        if msg is not None:
+            self._queue.put_nowait(msg)
+
+    async def _until_room(self, limit: int) -> None:
+        while self._queue.qsize() >= limit:
+            self._taken.clear()
+            await self._taken.wait()
+
     async def run(self) -> None:
         n = self.settings.workers
-        queue: asyncio.Queue[StoredMessage] = asyncio.Queue(maxsize=n * 2)
-        senders = [asyncio.create_task(self._sender(queue)) for _ in range(n)]
+        senders = [asyncio.create_task(self._sender()) for _ in range(n)]
+        self._running = True
         try:
             while not self._stopping:
+                await self._until_room(n * 2)  # back-pressure: claim only what senders can take
+                # Cleared before the claim, not after it came back empty: a wake() for mail
+                # committed while the claim ran must not be lost (it would wait a whole poll).
+                self._wake.clear()
                 batch = await self._claim(self.settings.batch)
                 for msg in batch:
-                    await queue.put(msg)  # waits while every sender is busy: back-pressure
+                    self._queue.put_nowait(msg)
                 if not batch:
-                    self._wake.clear()
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._wake.wait(), self.settings.poll_interval)
         finally:
+            self._running = False
             for task in senders:
                 task.cancel()
             await asyncio.gather(*senders, return_exceptions=True)
@@ -135,11 +169,12 @@ class DeliveryWorker:
         self._stopping = True
         self._wake.set()
 
-    async def _sender(self, queue: asyncio.Queue[StoredMessage]) -> None:
+    async def _sender(self) -> None:
         upstream = self.upstream_factory()
         try:
             while True:
-                msg = await queue.get()
+                msg = await self._queue.get()
+                self._taken.set()
                 try:
                     await self.deliver(msg, upstream, wait=False)
                 except Exception:

@@ -33,7 +33,9 @@ def configure(*, level: str = "INFO", fmt: str = "json") -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stdout),
+        # One write() per line (PrintLogger's print() makes two): processes sharing a log file
+        # (smtp.processes) would otherwise glue one's line to another's before its newline.
+        logger_factory=structlog.WriteLoggerFactory(file=sys.stdout),
         cache_logger_on_first_use=False,
     )
     # aiosmtpd logs every peer at INFO through stdlib logging; keep only its warnings.

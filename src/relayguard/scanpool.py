@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import re
 import time
 from concurrent.futures import Executor, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -19,12 +20,16 @@ from relayguard.config import ScanSettings
 from relayguard.decision import Decision, Envelope, Submitter
 from relayguard.errors import ScanUnavailableError
 from relayguard.log import get_logger
+from relayguard.malloc import return_large_buffers
 from relayguard.policy import engine
 from relayguard.policy.loader import LoadedPolicy
 
 log = get_logger("relayguard.scan")
 
 _PRELOAD = ["relayguard.policy.engine", "relayguard.detect", "relayguard.extract"]
+# What may make a small message expensive to scan: an encoded part (an archive or document that
+# can decompress 100-fold) or such a file's bytes sent raw.
+_MAY_HOLD_DOCUMENT = re.compile(rb"(?i)base64|PK\x03\x04|%PDF-|\xd0\xcf\x11\xe0")
 
 
 def decide_timed(raw: bytes, envelope: Envelope, submitter: Submitter, policy: LoadedPolicy,
@@ -43,10 +48,30 @@ class ScanPool:
     def _new_pool(self) -> Executor:
         ctx = multiprocessing.get_context("forkserver")
         ctx.set_forkserver_preload(_PRELOAD)
-        return ProcessPoolExecutor(max_workers=self.settings.workers, mp_context=ctx)
+        return ProcessPoolExecutor(max_workers=self.settings.workers, mp_context=ctx,
+                                   initializer=return_large_buffers)
+
+    async def warm(self) -> None:
+        """Start every worker now: the first large message should not wait for processes to be
+        forked and the engine imported (about a second), nor pay for it in its latency."""
+        if self._pool is None:
+            return
+        loop = asyncio.get_running_loop()
+        try:
+            await asyncio.gather(*(loop.run_in_executor(self._pool, time.sleep, 0.05)
+                                   for _ in range(self.settings.workers)))
+        except BrokenProcessPool:
+            log.error("scan.worker_died", note="pool restarted at start-up")
+            self._restart()
+
+    def _inline(self, raw: bytes) -> bool:
+        return (len(raw) <= self.settings.inline_max_bytes
+                and _MAY_HOLD_DOCUMENT.search(raw) is None)
 
     async def decide(self, raw: bytes, envelope: Envelope, submitter: Submitter,
                      policy: LoadedPolicy) -> tuple[Decision, float]:
+        if self._inline(raw):  # bounded: a few KiB of text, no documents (<1 ms)
+            return decide_timed(raw, envelope, submitter, policy, self.settings)
         loop = asyncio.get_running_loop()
         # The engine has its own time budget; this bound only catches a worker that hangs.
         bound = self.settings.time_budget * 3 + 30

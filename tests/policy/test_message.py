@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import email
+import email.parser
+import email.policy
 
 import pytest
 
 from relayguard.config import ScanSettings
 from relayguard.decision import Envelope
-from relayguard.message import hidden_recipients, parse_message, split_header_block
+from relayguard.message import feed_parse, hidden_recipients, parse_message, split_header_block
 
 from .conftest import eml
 
@@ -79,7 +81,7 @@ def test_parser_crash_becomes_unscannable(monkeypatch: pytest.MonkeyPatch) -> No
     """A RecursionError inside the stdlib parser yields an unscannable finding, not an exception."""
     def explode(*args: object, **kwargs: object) -> None:
         raise RecursionError("deep")
-    monkeypatch.setattr(email, "message_from_bytes", explode)
+    monkeypatch.setattr(email.parser.BytesFeedParser, "close", explode)
     parsed = parse_message(eml("To: a@x.org"), LIMITS)
     assert parsed.msg is None
     assert [f.kind for f in parsed.defects] == ["unscannable"]
@@ -112,3 +114,23 @@ def test_header_block_ends_at_first_blank_line_and_keeps_body_bytes() -> None:
     assert [f.name for f in block.fields] == ["To", "Subject"]
     assert block.body == b"\nTo: not@header.org\n"
     assert block.newline == b"\n"
+
+
+_MULTIPART = (b"From: a@example.org\r\nTo: b@example.org\r\nSubject: s\r\nMIME-Version: 1.0\r\n"
+              b'Content-Type: multipart/mixed; boundary="XYZ"\r\n\r\npreamble\r\n--XYZ\r\n'
+              b"Content-Type: text/plain\r\n\r\nline one\r\nline two\r\n--XYZ\r\n"
+              b'Content-Type: text/csv; name="a.csv"\r\nContent-Transfer-Encoding: base64\r\n\r\n'
+              b"bmhzLDk0MzQ3NjU5MTkK\r\n--XYZ--\r\nepilogue\r\n")
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 7, 64, 1024])
+@pytest.mark.parametrize("raw", [_MULTIPART, _MULTIPART.replace(b"\r\n", b"\n"), b"Subject: x\r\n\r\nbody\r"])
+def test_fed_in_pieces_the_parser_sees_what_it_sees_whole(raw: bytes, chunk: int) -> None:
+    """Every piece boundary, CR|LF included, gives the stdlib's own result for the whole."""
+    whole = email.message_from_bytes(raw, policy=email.policy.compat32)
+    fed = feed_parse(raw, chunk)
+    assert fed.as_bytes() == whole.as_bytes()
+    assert [p.get_content_type() for p in fed.walk()] == [p.get_content_type() for p in whole.walk()]
+    assert [p.get_payload(decode=True) for p in fed.walk() if not p.is_multipart()] == \
+        [p.get_payload(decode=True) for p in whole.walk() if not p.is_multipart()]
+    assert fed.preamble == whole.preamble and fed.epilogue == whole.epilogue

@@ -240,18 +240,18 @@ def test_missing_settings_file_gives_one_line_and_exit_2(tmp_path: Path) -> None
     assert run.returncode == 2 and "cannot read settings file" in run.stderr
 
 
-def _large_message() -> bytes:
+def _dotted_message(repeats: int) -> bytes:
     lines = [b"From: reception@oakfield-surgery.nhs.uk", b"To: ward7.admin@nhs.net", b"Subject: scans", b""]
-    lines += [b".leading dot", b".", b"..two dots", b"plain"] * 20_000  # dots the upstream must see as sent
+    lines += [b".leading dot", b".", b"..two dots", b"plain"] * repeats  # dots the upstream must see as sent
     return b"\r\n".join(lines) + b"\r\n"
 
 
-async def test_large_message_arrives_byte_identical(relay_factory, sink: Sink) -> None:
-    """A message past the large-DATA threshold (our own dot-stuffing) reaches the upstream unchanged,
-    dot-leading lines and lone-dot lines included, and a refused recipient is still reported."""
+@pytest.mark.parametrize("repeats", [1, 20_000])  # a few bytes, and past the 256 KiB read chunk
+async def test_dotted_message_arrives_byte_identical(relay_factory, sink: Sink, repeats: int) -> None:
+    """Our own dot-stuffing: dot-leading and lone-dot lines reach the upstream as sent, and a
+    refused recipient is still reported."""
     sink.refuse = {"gone@nhs.net": "550 5.1.1 no such user"}
-    raw = _large_message()
-    assert len(raw) > 256 * 1024
+    raw = _dotted_message(repeats)
     relay = await relay_factory()
     _, reply = await send(relay.smtp_port, raw, rcpts=["ward7.admin@nhs.net", "gone@nhs.net"])
     got = await sink.wait_for(2)

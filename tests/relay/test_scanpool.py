@@ -1,0 +1,68 @@
+"""Where the engine runs: small text in the event loop, anything else in a worker process."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import pytest
+
+from relayguard.config import ScanSettings
+from relayguard.decision import Action, Envelope, Submitter, SubmitterKind
+from relayguard.policy.loader import load_policy
+from relayguard.scanpool import ScanPool
+
+ROOT = Path(__file__).resolve().parents[2]
+ENV = Envelope("gp@practice.nhs.uk", ("someone@example.org",))
+WHO = Submitter("gp@practice.nhs.uk", SubmitterKind.NETWORK, "127.0.0.1")
+
+
+def _message(body: bytes, extra_headers: bytes = b"") -> bytes:
+    return (b"From: gp@practice.nhs.uk\r\nTo: someone@example.org\r\nSubject: t\r\n" + extra_headers
+            + b"\r\n" + body + b"\r\n")
+
+
+def _spawned(pool: ScanPool) -> int:
+    return len(getattr(pool._pool, "_processes", None) or {})
+
+
+@pytest.mark.parametrize(("raw", "inline"), [
+    (_message(b"See you on Tuesday."), True),
+    (_message(b"x" * 20_000), False),  # over inline_max_bytes
+    (_message(base64.b64encode(b"PK\x03\x04" + b"0" * 100),
+              b"Content-Transfer-Encoding: base64\r\n"), False),  # an encoded part
+    (_message(b"PK\x03\x04 raw archive bytes"), False),
+    (_message(b"%PDF-1.7 raw pdf bytes"), False),
+])
+async def test_small_text_is_decided_in_the_loop(raw: bytes, inline: bool) -> None:
+    pool = ScanPool(ScanSettings(workers=1, inline_max_bytes=16 * 1024))
+    try:
+        decision, _ = await pool.decide(raw, ENV, WHO, load_policy(ROOT / "policies" / "default.yaml"))
+        assert decision.action is Action.DELIVER
+        assert (_spawned(pool) == 0) is inline
+    finally:
+        pool.close()
+
+
+async def test_inline_decision_finds_what_a_worker_finds() -> None:
+    raw = _message(b"Patient NHS number 436 614 1345, DOB 01/02/1960.")
+    policy = load_policy(ROOT / "policies" / "default.yaml")
+    inline, worker = ScanPool(ScanSettings(workers=1)), ScanPool(ScanSettings(workers=1, inline_max_bytes=0))
+    try:
+        here, _ = await inline.decide(raw, ENV, WHO, policy)
+        there, _ = await worker.decide(raw, ENV, WHO, policy)
+        assert _spawned(inline) == 0 and _spawned(worker) == 1
+    finally:
+        inline.close()
+        worker.close()
+    assert here.action is there.action is Action.HOLD
+    assert here.findings == there.findings
+
+
+async def test_warm_starts_every_worker_before_the_first_message() -> None:
+    pool = ScanPool(ScanSettings(workers=2))
+    try:
+        await pool.warm()
+        assert _spawned(pool) == 2
+    finally:
+        pool.close()
