@@ -9,6 +9,7 @@ from relayguard.config import ScanSettings
 from relayguard.decision import Finding
 from relayguard.detect.custom import CustomDetectors, CustomPattern, TermList
 from relayguard.detect.finders import Match, builtin_hits
+from relayguard.detect.parallel import Detection
 from relayguard.detect.tally import Tally
 from relayguard.extract import Budget, BudgetExceededError, Problem, TextUnit, extract, walk_message
 
@@ -50,14 +51,25 @@ def scan_message(msg: Message, *, limits: ScanSettings, custom: CustomDetectors 
     tally = Tally(salt=salt)
     runner = _CustomRunner(budget, list(custom.patterns) if custom else [],
                            list(custom.terms) if custom else [])
+
+    def merge(unit: TextUnit, delta: Tally | None) -> None:
+        if delta is None:
+            tally.add_hits(unit, builtin_hits(unit.text, unit.cells))
+        else:
+            tally.merge(delta)
+        tally.add(unit, runner.run(unit, tally))
+
+    detection = Detection(budget, merge, helper=limits.detect_helper)
     try:
         for item in walk_message(msg, where="", depth=0, budget=budget, dispatch=extract):
             if isinstance(item, Problem):
                 tally.problem(item)
                 continue
             budget.check_time()
-            tally.add_hits(item, builtin_hits(item.text, item.cells))
-            tally.add(item, runner.run(item, tally))
+            detection.add(item)
+        detection.finish()
     except BudgetExceededError:
         tally.problem(Problem("message", "time budget exceeded"))
+    finally:
+        detection.close()
     return tally.findings()

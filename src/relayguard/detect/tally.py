@@ -55,6 +55,27 @@ class Tally:
                 # Places include filenames, which can carry identifiers themselves.
                 group.first[confident] = (mask_text(locate(unit, start)), mask(kind, value_text(key)))
 
+    def merge(self, other: Tally) -> None:
+        """Add ``other``'s groups (hits tallied after this tally's): the same as adding its hits
+        here in their order. A value keeps its first place and is confident if it was in either;
+        a group keeps its first places; new groups come after the ones here, in their order."""
+        for key, theirs in other._groups.items():
+            ours = self._groups.get(key)
+            if ours is None:
+                self._groups[key] = theirs
+                continue
+            values = ours.values
+            if False not in theirs.values.values():
+                values.update(theirs.values)  # all confident: one C-level update, same order
+            else:
+                for value, confident in theirs.values.items():
+                    if confident:
+                        values[value] = True
+                    else:
+                        values.setdefault(value, False)
+            for confident, place in theirs.first.items():
+                ours.first.setdefault(confident, place)
+
     def _group(self, kind: str, where: str) -> _Group:
         group = self._groups.get((kind, where))
         if group is None:

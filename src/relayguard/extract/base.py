@@ -17,6 +17,7 @@ import time
 from bisect import bisect_right
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from itertools import repeat
 
 from relayguard.config import ScanSettings
 from relayguard.errors import RelayguardError
@@ -37,18 +38,45 @@ class BudgetExceededError(UnscannableError):
         super().__init__("time budget exceeded")
 
 
-@dataclass(frozen=True, slots=True)
+_DIGITS = "0123456789"
+
+
 class Cells:
     """Where each cell of a tabular :class:`TextUnit` starts, its reference and column header.
 
     Rows are joined with newlines and cells with tabs, so "same row" is "same line" for the
     detectors; these parallel lists let a match be traced back to its cell and header.
+
+    A spreadsheet gives its header row as ``columns`` (column letters -> header) instead of a
+    header per cell: the list is then built the first time it is asked for, by the process that
+    runs the detectors (see :mod:`relayguard.detect.parallel`), not by the one reading the sheet.
     """
 
-    starts: list[int]  # offset of each cell in the unit's text, ascending
-    refs: list[str]  # "C14" (spreadsheets) or "" where a source has no cell names
-    headers: list[str | None]  # the column header of each cell, when the source has one
-    sep: str = "!"  # joins the unit's place and a cell ref: "Data!C14"
+    __slots__ = ("_headers", "columns", "refs", "sep", "starts")
+
+    def __init__(self, starts: list[int], refs: list[str], headers: list[str | None] | None = None,
+                 sep: str = "!", *, columns: dict[str, str] | None = None) -> None:
+        self.starts = starts  # offset of each cell in the unit's text, ascending
+        self.refs = refs  # "C14" (spreadsheets) or "" where a source has no cell names
+        self._headers = headers
+        self.columns = columns
+        self.sep = sep  # joins the unit's place and a cell ref: "Data!C14"
+
+    @property
+    def headers(self) -> list[str | None]:
+        """The column header of each cell, when the source has one."""
+        if self._headers is None:
+            if self.columns is None:
+                self._headers = [None] * len(self.starts)
+            else:  # a cell's column is its reference without the row number (C-level maps)
+                self._headers = list(map(self.columns.get, map(str.rstrip, self.refs, repeat(_DIGITS))))
+        return self._headers
+
+    def __getstate__(self) -> tuple[object, ...]:
+        return (self.starts, self.refs, self._headers, self.sep, self.columns)
+
+    def __setstate__(self, state: tuple[object, ...]) -> None:
+        self.starts, self.refs, self._headers, self.sep, self.columns = state  # type: ignore[assignment]
 
     def index(self, pos: int) -> int:
         """The index of the cell holding offset ``pos`` (-1 before the first cell)."""

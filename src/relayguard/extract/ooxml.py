@@ -12,7 +12,7 @@ import posixpath
 import re
 from collections.abc import Callable, Iterator
 from functools import partial
-from itertools import islice, repeat
+from itertools import islice
 from typing import IO
 from xml.etree.ElementTree import Element
 
@@ -172,14 +172,14 @@ def _sheet_units(open_part: Callable[[], IO[bytes]], strings: list[str],
             for values, refs in sheetxml.rows(stream, strings):
                 done += 1
                 unit = table.add(values, refs)
+                if table.before is not None:
+                    yield table.before
+                    table.before = None
                 if unit is not None:
                     yield unit
     except sheetxml.Declined:
         with open_part() as stream:
-            for values, refs in islice(_parsed_rows(stream, strings), done, None):
-                unit = table.add(values, refs)
-                if unit is not None:
-                    yield unit
+            yield from table.units(islice(_parsed_rows(stream, strings), done, None))
     last = writer.flush()
     if last is not None:
         yield last
@@ -192,18 +192,23 @@ class _Table:
     def __init__(self, writer: TableWriter) -> None:
         self.writer = writer
         self.headers: dict[str, str] | None = None
+        self.before: TextUnit | None = None  # rows above the header row, once it is found
 
     def add(self, values: list[str], refs: list[str]) -> TextUnit | None:
-        if not values:
-            return None
-        headers = self.headers
-        if headers is None and any(v and not v[0].isdigit() for v in values):
-            headers = self.headers = {r.rstrip(_DIGITS): v for r, v in zip(refs, values, strict=True)}
-        if not headers:
-            return self.writer.add_row(values, refs, [None] * len(values))
-        # Each cell's column is its reference without the row number (map: no bytecode per cell).
-        columns = map(str.rstrip, refs, repeat(_DIGITS))
-        return self.writer.add_row(values, refs, list(map(headers.get, columns)))
+        if self.headers is None and any(v and not v[0].isdigit() for v in values):
+            self.headers = {r.rstrip(_DIGITS): v for r, v in zip(refs, values, strict=True)}
+            self.before = self.writer.set_columns(self.headers)
+        return self.writer.add_row(values, refs)
+
+    def units(self, rows: Iterator[tuple[list[str], list[str]]]) -> Iterator[TextUnit]:
+        """The units of ``rows`` as they fill up (not the last, partial one)."""
+        for values, refs in rows:
+            unit = self.add(values, refs)
+            if self.before is not None:
+                yield self.before
+                self.before = None
+            if unit is not None:
+                yield unit
 
 
 def _parsed_rows(stream: IO[bytes], strings: list[str]) -> Iterator[tuple[list[str], list[str]]]:

@@ -124,6 +124,7 @@ def _rows(tokens: list[tuple[str, str, str, str]], strings: list[str]) -> Rows:
     of times, and it is :func:`cell_value` with the commonest cases first."""
     values: list[str] = []
     refs: list[str] = []
+    n_strings = len(strings)
     for ref, kind, raw, inline in tokens:
         if not ref:
             yield values, refs
@@ -135,6 +136,8 @@ def _rows(tokens: list[tuple[str, str, str, str]], strings: list[str]) -> Rows:
             continue
         elif not kind and "e" not in raw and "E" not in raw:
             value = raw  # a plain number, as number_text would leave it
+        elif kind == "s" and raw.isdigit() and int(raw) < n_strings:
+            value = strings[int(raw)]  # a shared string, as cell_value would find it
         else:
             # An absent type is "" here (the reader accepts no empty type attribute), None there.
             value = cell_value(kind or None, raw, strings)

@@ -22,6 +22,7 @@ class TableWriter:
         self.where = where
         self.budget = budget
         self.sep = sep
+        self.columns: dict[str, str] | None = None  # a sheet's header row: see set_columns()
         self._reset()
 
     def _reset(self) -> None:
@@ -31,8 +32,17 @@ class TableWriter:
         self._refs: list[str] = []
         self._headers: list[str | None] = []
 
-    def add_row(self, values: list[str], refs: list[str], headers: list[str | None]) -> TextUnit | None:
-        """Append one row; returns a full unit when the batch reaches its size."""
+    def set_columns(self, columns: dict[str, str]) -> TextUnit | None:
+        """Head the rows from now on with ``columns`` (column letters -> header), instead of a
+        header per cell; returns the rows collected before, which it does not head."""
+        unit = self.flush()
+        self.columns = columns
+        return unit
+
+    def add_row(self, values: list[str], refs: list[str],
+                headers: list[str | None] | None = None) -> TextUnit | None:
+        """Append one row, with a header per cell or none (then :attr:`columns` head it);
+        returns a full unit when the batch reaches its size."""
         if not values:
             return None
         size = self._size
@@ -45,7 +55,8 @@ class TableWriter:
         self._parts.append("\n")
         self._size = size = offsets[-1] + len(values)
         self._refs.extend(refs)
-        self._headers.extend(headers)
+        if headers is not None:
+            self._headers.extend(headers)
         return self.flush() if size >= UNIT_CHARS else None
 
     def flush(self) -> TextUnit | None:
@@ -54,7 +65,8 @@ class TableWriter:
             return None
         self.budget.check_time()
         unit = TextUnit(self.where, "".join(self._parts),
-                        Cells(self._starts, self._refs, self._headers, self.sep))
+                        Cells(self._starts, self._refs, self._headers or None, self.sep,
+                              columns=self.columns))
         self._reset()
         return unit
 
