@@ -9,6 +9,7 @@ import os
 import pickle
 import random
 import signal
+from dataclasses import replace
 from email.message import Message
 from email.mime.application import MIMEApplication
 from email.mime.multipart import MIMEMultipart
@@ -21,10 +22,12 @@ import pytest
 from relayguard.config import ScanSettings
 from relayguard.decision import Finding
 from relayguard.detect import parallel, scan_message
+from relayguard.detect.custom import CustomDetectors, CustomPattern, CustomRunner, TermList
 from relayguard.detect.finders import builtin_hits
 from relayguard.detect.tally import Tally
-from relayguard.extract import table
-from relayguard.extract.base import Cells, TextUnit
+from relayguard.extract import sheetxml, table
+from relayguard.extract.base import Budget, Cells, TextUnit, Work
+from relayguard.extract.ooxml import SheetRun
 from tests.extract.builders import message, parse, scan_attachment, valid_numbers
 
 XLSX = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
@@ -34,6 +37,7 @@ XLSX = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
 def small_units(monkeypatch: pytest.MonkeyPatch) -> None:
     """Many small units, and a helper from the first one: a few hundred rows exercise it all."""
     monkeypatch.setattr(table, "UNIT_CHARS", 2_000)
+    monkeypatch.setattr(sheetxml, "CHUNK", 4096)  # many runs of rows per sheet
     monkeypatch.setattr(parallel, "HELP_AFTER_S", 0.0)
 
 
@@ -82,16 +86,45 @@ def test_findings_with_the_helper_are_exactly_those_without(monkeypatch: pytest.
     assert any(f["kind"] == "nhs_number" and f["count"] >= 600 for f in alone)  # the input is real
     assert {f["where"].split("!")[0] for f in alone} >= {"attachment:register.xlsx/Patients",
                                                           "attachment:register.xlsx/Notes"}
-    sent: list[TextUnit] = []
+    sent: list[Work] = []
     send = parallel._Helper.send
 
-    def counted(self: parallel._Helper, unit: TextUnit) -> bool:
-        sent.append(unit)
-        return send(self, unit)
+    def counted(self: parallel._Helper, work: Work) -> bool:
+        sent.append(work)
+        return send(self, work)
 
     monkeypatch.setattr(parallel._Helper, "send", counted)
     assert _scan(msg, helper=True) == alone
-    assert sent  # the helper did a share of the work (how much depends on timing)
+    assert any(isinstance(w, SheetRun) for w in sent)  # the helper did a share (how much: timing)
+
+
+def test_custom_detectors_and_several_workbooks_give_the_serial_result(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Term lists and patterns run in the helper too; each workbook's shared strings reach it."""
+    outer = MIMEMultipart()
+    for name, seed in (("one.xlsx", 21), ("two.xlsx", 22)):
+        wb = openpyxl.load_workbook(io.BytesIO(_register(300, seed=seed)))
+        ws = wb["Patients"]
+        for r in range(2, ws.max_row + 1):
+            ws.cell(r, 1).value = f"{name[:3]} diabetes {r % 13}"  # shared strings differ per book
+            ws.cell(r, 6).value = f"MRN{seed}{r:05d}"
+        buf = io.BytesIO()
+        wb.save(buf)
+        part = MIMEApplication(buf.getvalue(), "octet-stream")
+        part.add_header("Content-Disposition", "attachment", filename=name)
+        outer.attach(part)
+    msg = parse(outer.as_bytes())
+    custom = CustomDetectors(patterns=(CustomPattern("mrn", r"MRN\d{7}"),),
+                             terms=(TermList("clinical", ["diabetes"]),))
+
+    def run(helper: bool) -> list[dict[str, Any]]:
+        return [_whole(f) for f in scan_message(
+            msg, limits=ScanSettings(time_budget=120, detect_helper=helper), custom=custom, salt=b"s")]
+
+    alone = run(False)
+    assert {"pattern:mrn", "term:clinical"} <= {f["kind"] for f in alone}
+    assert {f["where"].split("/")[0] for f in alone} == {"attachment:one.xlsx", "attachment:two.xlsx"}
+    assert run(True) == alone
 
 
 def test_text_with_weak_and_confident_values_merges_to_the_serial_result() -> None:
@@ -109,10 +142,17 @@ def test_a_helper_that_dies_costs_time_not_findings(monkeypatch: pytest.MonkeyPa
     msg = _attachment(_register(400, seed=5))
     alone = _scan(msg, helper=False)
 
-    def dies_after_two(conn: Connection) -> None:
-        for _ in range(2):
-            unit = conn.recv()
-            conn.send(parallel.tally_unit(unit))
+    def dies_after_two(inbox: Connection, outbox: Connection, budget: Budget, runner: CustomRunner) -> None:
+        answered = 0
+        strings: dict[int, list[str]] = {}
+        while answered < 2:
+            message = inbox.recv()
+            if message[0] == "strings":
+                strings[message[1]] = message[2]
+                continue
+            work = message[1] if message[2] is None else replace(message[1], strings=strings[message[2]])
+            outbox.send(parallel.detect_into(Tally(), work, budget, runner))
+            answered += 1
         os.kill(os.getpid(), signal.SIGKILL)
 
     monkeypatch.setattr(parallel, "_serve", dies_after_two)
@@ -121,8 +161,8 @@ def test_a_helper_that_dies_costs_time_not_findings(monkeypatch: pytest.MonkeyPa
 
 def test_a_helper_that_hangs_ends_in_the_time_budget_and_is_stopped(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    def hangs(conn: Connection) -> None:
-        conn.recv()
+    def hangs(inbox: Connection, *_: object) -> None:
+        inbox.recv()
         signal.pause()
 
     monkeypatch.setattr(parallel, "_serve", hangs)
@@ -153,9 +193,11 @@ def test_tally_merge_equals_tallying_every_hit_in_order() -> None:
                  for n in rng.sample(numbers, 8)]
         units.append(TextUnit(f"part{u % 3}", "\n".join(lines)))
     whole, merged = Tally(), Tally()
+    budget = Budget.start(ScanSettings())
+    runner = CustomRunner(budget)
     for unit in units:
         whole.add_hits(unit, builtin_hits(unit.text, unit.cells))
-        merged.merge(parallel.tally_unit(unit))
+        merged.merge(parallel.detect_into(Tally(), unit, budget, runner))
     assert [_whole(f) for f in merged.findings()] == [_whole(f) for f in whole.findings()]
     # Below the findings (where three distinct numbers make all confident): each value's order
     # and confidence, each group's first places.

@@ -10,12 +10,17 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import regex
 
 from relayguard.detect.finders import Match
+from relayguard.extract.base import Budget, Problem, TextUnit
 
+if TYPE_CHECKING:
+    from relayguard.detect.tally import Tally
+
+PATTERN_TIMEOUT = 2.0  # seconds one custom pattern may spend on one text unit
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
@@ -100,3 +105,26 @@ class CustomDetectors:
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"custom detectors defined twice: {', '.join(dupes)}")
+
+
+@dataclass(slots=True)
+class CustomRunner:
+    """Runs the admin's detectors; a pattern that times out is reported once and then dropped."""
+
+    budget: Budget
+    patterns: list[CustomPattern] = field(default_factory=list)
+    terms: list[TermList] = field(default_factory=list)
+
+    def run(self, unit: TextUnit, tally: Tally) -> list[Match]:
+        """Matches in ``unit``; a pattern that times out is reported to ``tally`` and dropped."""
+        found: list[Match] = []
+        for terms in self.terms:
+            found.extend(terms.finditer(unit.text))
+        for pattern in list(self.patterns):
+            timeout = max(0.01, min(PATTERN_TIMEOUT, self.budget.remaining()))
+            try:
+                found.extend(pattern.finditer(unit.text, timeout))
+            except TimeoutError:
+                tally.problem(Problem(unit.where, f"custom pattern {pattern.name} timed out"))
+                self.patterns.remove(pattern)
+        return found

@@ -2,43 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from email.message import Message
 
 from relayguard.config import ScanSettings
 from relayguard.decision import Finding
-from relayguard.detect.custom import CustomDetectors, CustomPattern, TermList
-from relayguard.detect.finders import Match, builtin_hits
+from relayguard.detect.custom import CustomDetectors, CustomPattern, CustomRunner, TermList
 from relayguard.detect.parallel import Detection
 from relayguard.detect.tally import Tally
-from relayguard.extract import Budget, BudgetExceededError, Problem, TextUnit, extract, walk_message
+from relayguard.extract import Budget, BudgetExceededError, Problem, extract, walk_message
 
 __all__ = ["CustomDetectors", "CustomPattern", "TermList", "scan_message"]
-
-PATTERN_TIMEOUT = 2.0  # seconds one custom pattern may spend on one text unit
-
-
-@dataclass(slots=True)
-class _CustomRunner:
-    """Runs the admin's detectors; a pattern that times out is reported once and then dropped."""
-
-    budget: Budget
-    patterns: list[CustomPattern] = field(default_factory=list)
-    terms: list[TermList] = field(default_factory=list)
-
-    def run(self, unit: TextUnit, tally: Tally) -> list[Match]:
-        found: list[Match] = []
-        for terms in self.terms:
-            found.extend(terms.finditer(unit.text))
-        for pattern in list(self.patterns):
-            timeout = max(0.01, min(PATTERN_TIMEOUT, self.budget.remaining()))
-            try:
-                found.extend(pattern.finditer(unit.text, timeout))
-            except TimeoutError:
-                tally.problem(Problem(unit.where, f"custom pattern {pattern.name} timed out"))
-                self.patterns.remove(pattern)
-        return found
-
 
 def scan_message(msg: Message, *, limits: ScanSettings, custom: CustomDetectors | None = None,
                  salt: bytes = b"") -> list[Finding]:
@@ -49,17 +22,9 @@ def scan_message(msg: Message, *, limits: ScanSettings, custom: CustomDetectors 
     """
     budget = Budget.start(limits)
     tally = Tally(salt=salt)
-    runner = _CustomRunner(budget, list(custom.patterns) if custom else [],
-                           list(custom.terms) if custom else [])
-
-    def merge(unit: TextUnit, delta: Tally | None) -> None:
-        if delta is None:
-            tally.add_hits(unit, builtin_hits(unit.text, unit.cells))
-        else:
-            tally.merge(delta)
-        tally.add(unit, runner.run(unit, tally))
-
-    detection = Detection(budget, merge, helper=limits.detect_helper)
+    runner = CustomRunner(budget, list(custom.patterns) if custom else [],
+                          list(custom.terms) if custom else [])
+    detection = Detection(budget, tally, runner, helper=limits.detect_helper)
     try:
         for item in walk_message(msg, where="", depth=0, budget=budget, dispatch=extract):
             if isinstance(item, Problem):

@@ -58,7 +58,11 @@ class Tally:
     def merge(self, other: Tally) -> None:
         """Add ``other``'s groups (hits tallied after this tally's): the same as adding its hits
         here in their order. A value keeps its first place and is confident if it was in either;
-        a group keeps its first places; new groups come after the ones here, in their order."""
+        a group keeps its first places; new groups come after the ones here, in their order;
+        so do its problems."""
+        for problem in other._problems:
+            if len(self._problems) < MAX_PROBLEMS:
+                self._problems[problem] = None
         for key, theirs in other._groups.items():
             ours = self._groups.get(key)
             if ours is None:

@@ -9,9 +9,10 @@ from relayguard.extract.base import (
     Source,
     TextUnit,
     UnscannableError,
+    Work,
 )
 from relayguard.extract.dispatch import extract
 from relayguard.extract.message import walk_message
 
 __all__ = ["Budget", "BudgetExceededError", "Cells", "Item", "Problem", "Source", "TextUnit",
-    "UnscannableError", "extract", "walk_message"]
+    "UnscannableError", "Work", "extract", "walk_message"]

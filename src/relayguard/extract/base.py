@@ -18,6 +18,7 @@ from bisect import bisect_right
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from itertools import repeat
+from typing import Protocol
 
 from relayguard.config import ScanSettings
 from relayguard.errors import RelayguardError
@@ -91,6 +92,17 @@ class TextUnit:
     text: str
     cells: Cells | None = None
 
+    def units(self, budget: Budget) -> list[TextUnit]:
+        """Itself (see :class:`Work`)."""
+        return [self]
+
+
+class Work(Protocol):
+    """Text units, or what some are made of when making them is itself much of the work (the
+    rows of a large sheet): the process that runs the detectors makes them."""
+
+    def units(self, budget: Budget) -> list[TextUnit]: ...
+
 
 @dataclass(frozen=True, slots=True)
 class Problem:
@@ -100,7 +112,7 @@ class Problem:
     reason: str
 
 
-Item = TextUnit | Problem
+Item = Work | Problem
 
 
 @dataclass(slots=True)

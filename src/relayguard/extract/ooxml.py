@@ -11,6 +11,7 @@ from __future__ import annotations
 import posixpath
 import re
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from functools import partial
 from itertools import islice
 from typing import IO
@@ -86,7 +87,7 @@ def extract_pptx(src: Source, budget: Budget) -> Iterator[TextUnit]:
                                      budget=budget)
 
 
-def extract_xlsx(src: Source, budget: Budget) -> Iterator[TextUnit]:
+def extract_xlsx(src: Source, budget: Budget) -> Iterator[TextUnit | SheetRun]:
     """Every sheet's cells, then comments, charts, drawings, pivot caches and defined names."""
     pkg = SafeZip(src.data, budget, kind="xlsx")
     book = _Workbook(pkg, budget)
@@ -158,31 +159,55 @@ class _Workbook:
 
 
 def _sheet_units(open_part: Callable[[], IO[bytes]], strings: list[str],
-                 writer: TableWriter) -> Iterator[TextUnit]:
+                 writer: TableWriter) -> Iterator[TextUnit | SheetRun]:
     """Units of one worksheet; the first row with text names the columns.
 
-    The fast reader (:mod:`sheetxml`) goes first; when it declines, the parser reads the part from
-    the start and the rows the fast reader already delivered are skipped (they were exactly the
-    parser's own), so the units are the same whichever path read which row.
+    The fast reader (:mod:`sheetxml`) goes first. Once the header row is known, each run of rows
+    it validated is handed on as a :class:`SheetRun`, made into units by whoever runs the
+    detectors on them (here, or a helper process: :mod:`relayguard.detect.parallel`). When it
+    declines, the parser reads the part from the start and the rows the fast reader already
+    delivered are skipped (they were exactly the parser's own): the rows are the same whichever
+    path read which, though the units are cut at other places.
     """
     table = _Table(writer)
     done = 0
     try:
         with open_part() as stream:
-            for values, refs in sheetxml.rows(stream, strings):
-                done += 1
-                unit = table.add(values, refs)
-                if table.before is not None:
-                    yield table.before
-                    table.before = None
-                if unit is not None:
-                    yield unit
+            for run in sheetxml.runs(stream):
+                done += run.count("<row")
+                if table.headers is None:
+                    yield from table.units(sheetxml.run_rows(run, strings))
+                    continue
+                last = writer.flush()
+                if last is not None:
+                    yield last
+                yield SheetRun(writer.where, writer.sep, run, strings, table.headers)
     except sheetxml.Declined:
         with open_part() as stream:
             yield from table.units(islice(_parsed_rows(stream, strings), done, None))
     last = writer.flush()
     if last is not None:
         yield last
+
+
+@dataclass(frozen=True, slots=True)
+class SheetRun:
+    """Rows of a worksheet as the fast reader validated them, not yet read into units: reading
+    them is half the work of a large sheet, and whoever runs the detectors on them does it."""
+
+    where: str
+    sep: str
+    run: str  # validated row XML (sheetxml.runs)
+    strings: list[str]  # the workbook's shared strings
+    columns: dict[str, str]  # the sheet's header row: column letters -> header
+
+    def units(self, budget: Budget) -> list[TextUnit]:
+        writer = TableWriter(self.where, budget, sep=self.sep)
+        writer.columns = self.columns
+        units = [u for values, refs in sheetxml.run_rows(self.run, self.strings)
+                 if (u := writer.add_row(values, refs)) is not None]
+        last = writer.flush()
+        return [*units, last] if last is not None else units
 
 
 class _Table:

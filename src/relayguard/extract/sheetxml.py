@@ -99,6 +99,23 @@ def rows(stream: IO[bytes], strings: list[str]) -> Rows:
     yielded too, so that a caller falling back to the parser after :class:`Declined` can skip
     exactly the rows it already has.
     """
+    for run in runs(stream):
+        yield from run_rows(run, strings)
+
+
+def run_rows(run: str, strings: list[str]) -> Rows:
+    """The rows of one run that :func:`runs` gave."""
+    return _rows(_TOKEN_RE.findall(run), strings)
+
+
+def runs(stream: IO[bytes]) -> Iterator[str]:
+    """The worksheet's row elements as runs of validated XML text (whole rows, about a read
+    chunk's worth each), in order; :func:`run_rows` reads one. A run holds exactly as many rows
+    as it holds ``<row`` (the grammar lets that text appear nowhere but in a row's start tag).
+
+    Declines as :func:`rows` does, and only once the runs before are given: a caller that falls
+    back to the parser skips the rows it already has.
+    """
     reader = _Reader(stream)
     head, buf = reader.until(_OPEN)
     _check_head(head)
@@ -107,7 +124,8 @@ def rows(stream: IO[bytes], strings: list[str]) -> Rows:
     pos = 0
     while True:
         end = rows_re.match(buf, pos).end()  # type: ignore[union-attr]  # a * pattern always matches
-        yield from _rows(_TOKEN_RE.findall(buf, pos, end), strings)
+        if end > pos:
+            yield buf[pos:end]
         pos = _skip_ws(buf, end)
         if buf.startswith(_CLOSE, pos):
             break

@@ -12,7 +12,7 @@ from operator import add
 
 from relayguard.extract.base import Budget, Cells, TextUnit
 
-UNIT_CHARS = 256 * 1024  # rows are batched into units of about this size
+UNIT_CHARS = 16384  # rows are batched into units of about this size
 
 
 class TableWriter:
