@@ -43,6 +43,10 @@ def decide_timed(raw: bytes, envelope: Envelope, submitter: Submitter, policy: L
 class ScanPool:
     def __init__(self, settings: ScanSettings) -> None:
         self.settings = settings
+        # A message scanned while another is gets no detection helper: the workers already
+        # keep the cores busy (see relayguard.detect.parallel).
+        self._crowded = settings.model_copy(update={"detect_helper": False})
+        self._scanning = 0
         self._pool: Executor | None = self._new_pool() if settings.workers else None
 
     def _new_pool(self) -> Executor:
@@ -75,10 +79,12 @@ class ScanPool:
         loop = asyncio.get_running_loop()
         # The engine has its own time budget; this bound only catches a worker that hangs.
         bound = self.settings.time_budget * 3 + 30
+        limits = self._crowded if self._scanning else self.settings
+        self._scanning += 1
         try:
             return await asyncio.wait_for(
                 loop.run_in_executor(self._pool, decide_timed, raw, envelope, submitter, policy,
-                                     self.settings), bound)
+                                     limits), bound)
         except BrokenProcessPool as exc:
             log.error("scan.worker_died", note="pool restarted; the client is asked to retry")
             self._restart()
@@ -86,6 +92,8 @@ class ScanPool:
         except TimeoutError as exc:
             log.error("scan.worker_hung", bound_s=bound)
             raise ScanUnavailableError("scan took too long") from exc
+        finally:
+            self._scanning -= 1
 
     def _restart(self) -> None:
         old, self._pool = self._pool, self._new_pool()

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import time
 from pathlib import Path
 
 import pytest
 
+from relayguard import scanpool
 from relayguard.config import ScanSettings
 from relayguard.decision import Action, Envelope, Submitter, SubmitterKind
 from relayguard.policy.loader import load_policy
@@ -66,3 +69,31 @@ async def test_warm_starts_every_worker_before_the_first_message() -> None:
         assert _spawned(pool) == 2
     finally:
         pool.close()
+
+
+async def test_a_message_scanned_while_another_is_gets_no_detection_helper(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The detection helper (detect/parallel.py) is for a core nobody uses: a scan that starts
+    while another runs is told not to fork one; the next lone scan may again."""
+    allowed: list[bool] = []
+    real = scanpool.decide_timed
+
+    def slow(raw: bytes, envelope: Envelope, submitter: Submitter, policy: object,
+             limits: ScanSettings) -> object:
+        allowed.append(limits.detect_helper)
+        time.sleep(0.3)
+        return real(raw, envelope, submitter, policy, limits)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(scanpool, "decide_timed", slow)
+    pool = ScanPool(ScanSettings(workers=0))  # a thread: the recording above is seen
+    policy = load_policy(ROOT / "policies" / "default.yaml")
+    big = _message(b"x" * 20_000)
+    try:
+        first = asyncio.create_task(pool.decide(big, ENV, WHO, policy))
+        await asyncio.sleep(0.1)
+        await pool.decide(big, ENV, WHO, policy)
+        await first
+        await pool.decide(big, ENV, WHO, policy)
+    finally:
+        pool.close()
+    assert allowed == [True, False, True]

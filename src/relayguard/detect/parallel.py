@@ -7,7 +7,9 @@ validated run of sheet rows (:class:`relayguard.extract.ooxml.SheetRun`), which 
 into units and detects, or a text unit. The scanning process goes on reading the message and
 does the work itself whenever the helper already has enough queued. A 20 MB patient register
 takes a little over half the time; plain text is detected faster than it could be sent, and
-never gets that far.
+never gets that far. The relay's scan pool allows a helper only to a message scanned while no
+other is (``scan.detect_helper``): when its workers already keep the cores busy, a helper would
+gain nothing and cost its pickling.
 
 The result is exactly the serial one. Each piece of work is tallied on its own (a small
 :class:`Tally`, in the helper or here) and the tallies are merged in the order the work came,
@@ -38,7 +40,7 @@ from relayguard.detect.tally import Tally
 from relayguard.extract.base import Budget, BudgetExceededError, Work
 from relayguard.extract.ooxml import SheetRun
 
-HELP_AFTER_S = 0.25  # detection time on one message before a helper is worth its fork (~10 ms)
+HELP_AFTER_S = 0.1  # detection time on one message before a helper is worth its fork (~10 ms)
 PIPE_BYTES = 1024 * 1024  # the pipe to the helper holds this much (Linux's default cap for it)
 MAX_WAITING = 64  # pieces of work read but not yet merged: beyond this, wait for the helper
 _FRAME = 16  # a message's length header in the pipe, and some slack
