@@ -57,6 +57,11 @@ def detect_into(tally: Tally, work: Work, budget: Budget, runner: CustomRunner) 
 
 def _serve(inbox: Connection, outbox: Connection, budget: Budget, runner: CustomRunner) -> None:
     """The helper: a tally for each piece of work received, until None."""
+    with contextlib.suppress(EOFError, OSError):  # the scanning process is gone: so are we
+        _answer(inbox, outbox, budget, runner)
+
+
+def _answer(inbox: Connection, outbox: Connection, budget: Budget, runner: CustomRunner) -> None:
     strings: dict[int, list[str]] = {}
     while (message := inbox.recv()) is not None:
         if message[0] == "strings":
