@@ -4,6 +4,7 @@ Usage: ``.venv/bin/python bench/scan_bench.py [--json OUT] [--only FORMAT ...] [
 Prints MB/s per format (median of three runs, size of the attachment as sent) by the wall clock,
 which is what a held message waits: a large message gets a second process for its detectors
 (relayguard.detect.parallel). ``cpu_mb_per_s`` is the same per CPU second, both processes counted.
+Each format waits for a quiet machine first (``settle``), and records CPU idle before and during.
 Then the peak extra memory of scanning a 20 MB xlsx, in a fresh subprocess with tracemalloc and
 without the helper, so that every allocation is in the one process traced (the helper adds at
 most a few units in flight).
@@ -32,6 +33,8 @@ from email.mime.application import MIMEApplication
 from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
 from pathlib import Path
+
+from monitor import cpu_times
 
 from relayguard.config import ScanSettings
 from relayguard.detect import scan_message
@@ -162,6 +165,26 @@ def build_message(name: str, data: bytes) -> Message:
     return email.message_from_bytes(outer.as_bytes(), policy=email.policy.compat32)
 
 
+def settle(*, quiet_pct: float = 90.0, limit_s: float = 60.0) -> float:
+    """Wait (at most ``limit_s``) until the machine's CPU is idle ``quiet_pct`` of a second: a
+    large message is scanned on both cores, so a neighbour finishing its work (the throughput
+    runs before this one, a database vacuuming after them) would halve the figure. The idle %
+    of the last second waited."""
+    deadline = time.monotonic() + limit_s
+    while True:
+        idle0, total0 = cpu_times()
+        time.sleep(1.0)
+        idle1, total1 = cpu_times()
+        idle = 100.0 * (idle1 - idle0) / max(1, total1 - total0)
+        if idle >= quiet_pct or time.monotonic() > deadline:
+            return idle
+
+
+def idle_during(started: tuple[int, int]) -> float:
+    idle, total = cpu_times()
+    return 100.0 * (idle - started[0]) / max(1, total - started[1])
+
+
 def time_scan(msg: Message) -> tuple[float, float]:
     """Median wall-clock seconds of a scan, and its CPU seconds (this process and the detection
     helper it may fork: see relayguard.detect.parallel)."""
@@ -223,11 +246,17 @@ def main() -> None:
     for fmt, (name, data) in inputs.items():
         if args.only and fmt not in args.only:
             continue
-        seconds, cpu = time_scan(build_message(name, data))
+        msg = build_message(name, data)
+        settled = settle()
+        started = cpu_times()
+        seconds, cpu = time_scan(msg)
+        idle = idle_during(started)
         results[fmt] = {"mb_per_s": round(len(data) / MB / seconds, 2), "bytes": len(data),
-                        "cpu_mb_per_s": round(len(data) / MB / cpu, 2)}
+                        "cpu_mb_per_s": round(len(data) / MB / cpu, 2),
+                        "cpu_idle_before_pct": round(settled, 1), "cpu_idle_pct": round(idle, 1)}
         print(f"{fmt:5} {len(data) / MB:7.1f} MB  {len(data) / MB / seconds:8.1f} MB/s"
-              f"  ({len(data) / MB / cpu:.1f} MB per CPU second)")
+              f"  ({len(data) / MB / cpu:.1f} MB per CPU second; CPU idle {settled:.0f} % before,"
+              f" {idle:.0f} % during)")
     if not args.no_peak:
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "big.xlsx"

@@ -127,15 +127,32 @@ def test_custom_detectors_and_several_workbooks_give_the_serial_result(
     assert run(True) == alone
 
 
-def test_text_with_weak_and_confident_values_merges_to_the_serial_result() -> None:
-    """A value weak in one unit and confident in a later one, in a long body of many units."""
+def test_a_csv_table_goes_to_the_helper_and_plain_text_never_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Units of a table are worth sending; plain text is detected as fast as it is pickled, so
+    a long body never forks a helper (which would only add its memory)."""
     numbers = valid_numbers("46", 40)
-    lines = []
+    rows = ["ref,notes,other"]
     for i in range(400):
         nhs = numbers[i % len(numbers)]
-        lines.append(f"patient NHS {nhs}" if i % 3 == 0 else f"order {nhs} {'x' * 60}")
-    msg = message("\n".join(lines))
-    assert _scan(msg, helper=True) == _scan(msg, helper=False)
+        rows.append(f"patient NHS {nhs},seen,x" if i % 3 == 0 else f"{nhs},{'x' * 60},order")
+    outer = MIMEMultipart()
+    part = MIMEApplication("\n".join(rows).encode(), "octet-stream")
+    part.add_header("Content-Disposition", "attachment", filename="list.csv")
+    outer.attach(part)
+    table_msg = parse(outer.as_bytes())
+    text_msg = message("\n".join(rows))
+    started: list[int] = []
+    init = parallel._Helper.__init__
+
+    def counted(self: parallel._Helper, *args: Any) -> None:
+        started.append(1)
+        init(self, *args)
+
+    monkeypatch.setattr(parallel._Helper, "__init__", counted)
+    assert _scan(table_msg, helper=True) == _scan(table_msg, helper=False)
+    assert started == [1]
+    assert _scan(text_msg, helper=True) == _scan(text_msg, helper=False)
+    assert started == [1]
 
 
 def test_a_helper_that_dies_costs_time_not_findings(monkeypatch: pytest.MonkeyPatch) -> None:

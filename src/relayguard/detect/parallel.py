@@ -4,10 +4,10 @@ Scanning a large spreadsheet is reading rows (inflating, tokenising, building te
 running the detectors over them, and one message is scanned by one process. Once detection has
 spent :data:`HELP_AFTER_S` on a message, ``scan_message`` forks a helper and sends it work: a
 validated run of sheet rows (:class:`relayguard.extract.ooxml.SheetRun`), which the helper reads
-into units and detects, or a text unit. The scanning process goes on reading the message and
+into units and detects, or a unit of a table (csv). The scanning process goes on reading and
 does the work itself whenever the helper already has enough queued. A 20 MB patient register
-takes a little over half the time; plain text is detected faster than it could be sent, and
-never gets that far. The relay's scan pool allows a helper only to a message scanned while no
+takes a little over half the time. Plain text is never sent: it is detected about as fast as
+it could be pickled, and a helper would only add its memory. The relay's scan pool allows a helper only to a message scanned while no
 other is (``scan.detect_helper``): when its workers already keep the cores busy, a helper would
 gain nothing and cost its pickling.
 
@@ -166,6 +166,12 @@ class _Helper:
         self.outbox.close()
 
 
+def _tabular(work: Work) -> bool:
+    """Rows of a sheet or a table: what the helper is for. Plain text is detected about as fast
+    as it is pickled, and a helper forked for it would only add its memory."""
+    return isinstance(work, SheetRun) or getattr(work, "cells", None) is not None
+
+
 class Detection:
     """Runs the detectors over a message's work into ``tally``, on a helper once the message is
     large, merging each piece's tally in the order the pieces came."""
@@ -181,7 +187,7 @@ class Detection:
         self.waiting: deque[tuple[Work, Tally | None]] = deque()
 
     def add(self, work: Work) -> None:
-        helper = self._helper()
+        helper = self._helper() if _tabular(work) else None
         if helper is not None and helper.send(work):
             self.waiting.append((work, None))
         else:
