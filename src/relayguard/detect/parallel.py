@@ -7,9 +7,9 @@ validated run of sheet rows (:class:`relayguard.extract.ooxml.SheetRun`), which 
 into units and detects, or a unit of a table (csv). The scanning process goes on reading and
 does the work itself whenever the helper already has enough queued. A 20 MB patient register
 takes a little over half the time. Plain text is never sent: it is detected about as fast as
-it could be pickled, and a helper would only add its memory. The relay's scan pool allows a helper only to a message scanned while no
-other is (``scan.detect_helper``): when its workers already keep the cores busy, a helper would
-gain nothing and cost its pickling.
+it could be pickled, and a helper would only add its memory. The relay's scan pool allows a
+helper only to a message scanned while no other is (``scan.detect_helper``): when its workers
+already keep the cores busy, a helper would gain nothing and cost its pickling.
 
 The result is exactly the serial one. Each piece of work is tallied on its own (a small
 :class:`Tally`, in the helper or here) and the tallies are merged in the order the work came,
