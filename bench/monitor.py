@@ -21,6 +21,12 @@ def cpu_times() -> tuple[int, int]:
     return fields[3] + fields[4], sum(fields[:8])  # guest time is already counted in user
 
 
+def idle_pct_since(start: tuple[int, int]) -> float:
+    """CPU idle (%) over all cores since ``start`` (a :func:`cpu_times` reading)."""
+    idle, total = cpu_times()
+    return 100.0 * (idle - start[0]) / max(1, total - start[1])
+
+
 def established(port: int) -> int:
     """TCP connections in ESTABLISHED state whose local port is ``port`` (sessions the server holds)."""
     want = f":{port:04X} "
@@ -88,10 +94,8 @@ class Monitor:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
-        idle1, total1 = cpu_times()
-        idle0, total0 = self._cpu0
         self.result.seconds = time.monotonic() - self._t0
-        self.result.cpu_idle_pct = round(100.0 * (idle1 - idle0) / max(1, total1 - total0), 1)
+        self.result.cpu_idle_pct = round(idle_pct_since(self._cpu0), 1)
         self._sample()  # one last look, so a short window still has a memory figure
 
     def _run(self) -> None:

@@ -34,7 +34,7 @@ from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
 from pathlib import Path
 
-from monitor import cpu_times
+from monitor import cpu_times, idle_pct_since
 
 from relayguard.config import ScanSettings
 from relayguard.detect import scan_message
@@ -172,17 +172,11 @@ def settle(*, quiet_pct: float = 90.0, limit_s: float = 60.0) -> float:
     of the last second waited."""
     deadline = time.monotonic() + limit_s
     while True:
-        idle0, total0 = cpu_times()
+        started = cpu_times()
         time.sleep(1.0)
-        idle1, total1 = cpu_times()
-        idle = 100.0 * (idle1 - idle0) / max(1, total1 - total0)
+        idle = idle_pct_since(started)
         if idle >= quiet_pct or time.monotonic() > deadline:
             return idle
-
-
-def idle_during(started: tuple[int, int]) -> float:
-    idle, total = cpu_times()
-    return 100.0 * (idle - started[0]) / max(1, total - started[1])
 
 
 def time_scan(msg: Message) -> tuple[float, float]:
@@ -250,7 +244,7 @@ def main() -> None:
         settled = settle()
         started = cpu_times()
         seconds, cpu = time_scan(msg)
-        idle = idle_during(started)
+        idle = idle_pct_since(started)
         results[fmt] = {"mb_per_s": round(len(data) / MB / seconds, 2), "bytes": len(data),
                         "cpu_mb_per_s": round(len(data) / MB / cpu, 2),
                         "cpu_idle_before_pct": round(settled, 1), "cpu_idle_pct": round(idle, 1)}

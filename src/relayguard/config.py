@@ -158,8 +158,9 @@ class ScanSettings(_Section):
     # Text-only messages up to this size are decided in the relay's event loop: handing them to
     # a worker costs more CPU (~400 us of pickling and pipes) than deciding them (~250 us).
     inline_max_bytes: int = Field(default=16 * 1024, ge=0)
-    # A message with over 1 MiB of text gets a forked helper process that runs the detectors
-    # while the scanning process goes on reading (about half the time on two cores).
+    # A large table (sheet or csv) gets a forked helper process that reads and detects part of
+    # it while the scanning process goes on reading (about half the time on two cores); see
+    # relayguard/detect/parallel.py.
     detect_helper: bool = True
 
 

@@ -47,7 +47,7 @@ def _ours_to_encode(envelope: Envelope, raw: bytes) -> bool:
 
 
 async def _sendmail_encoded(client: aiosmtplib.SMTP, envelope: Envelope, raw: bytes, *,
-                          reply_timeout: float) -> dict[str, Any]:
+                            reply_timeout: float) -> dict[str, Any]:
     """aiosmtplib's sendmail() with our DATA encoding (two C-speed passes, no regex); same
     results and exceptions: refused recipients returned, all refused raised."""
     await client.mail(envelope.mail_from)

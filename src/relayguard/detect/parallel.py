@@ -200,14 +200,12 @@ class Detection:
         self._settle(block=len(self.waiting) > MAX_WAITING)
 
     def finish(self) -> None:
-        """Merge what is still out; stop the helper."""
-        try:
-            while self.waiting:
-                self._settle(block=True)
-        finally:
-            self.close()
+        """Merge what is still out (the caller then closes)."""
+        while self.waiting:
+            self._settle(block=True)
 
     def close(self) -> None:
+        """Stop the helper, if any; what it still had is then done here (see :meth:`_settle`)."""
         if self.helper is not None:
             self.helper.stop()
             self.helper = None
@@ -234,16 +232,10 @@ class Detection:
                 elif block or self.helper.ready():
                     delta = self.helper.receive(self.budget)
                     if delta is None:
-                        self._lost()
+                        self.close()  # it died: its work is done here from now on
                         continue
                 else:
                     return
             self.waiting.popleft()
             self.tally.merge(delta)
             block = False
-
-    def _lost(self) -> None:
-        """The helper died: what it had is done here (see :meth:`_settle`)."""
-        if self.helper is not None:
-            self.helper.stop()
-            self.helper = None

@@ -204,10 +204,8 @@ class SheetRun:
     def units(self, budget: Budget) -> list[TextUnit]:
         writer = TableWriter(self.where, budget, sep=self.sep)
         writer.columns = self.columns
-        units = [u for values, refs in sheetxml.run_rows(self.run, self.strings)
-                 if (u := writer.add_row(values, refs)) is not None]
-        last = writer.flush()
-        return [*units, last] if last is not None else units
+        return list(writer.rows((values, refs, None)
+                                for values, refs in sheetxml.run_rows(self.run, self.strings)))
 
 
 class _Table:

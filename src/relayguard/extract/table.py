@@ -70,8 +70,9 @@ class TableWriter:
         self._reset()
         return unit
 
-    def rows(self, rows: Iterator[tuple[list[str], list[str], list[str | None]]]) -> Iterator[TextUnit]:
-        """Units for every row of ``rows`` (values, refs, headers), the remainder last."""
+    def rows(self, rows: Iterator[tuple[list[str], list[str], list[str | None] | None]],
+             ) -> Iterator[TextUnit]:
+        """Units for every row of ``rows`` (values, refs, headers or None), the remainder last."""
         for values, refs, headers in rows:
             unit = self.add_row(values, refs, headers)
             if unit is not None:
