@@ -85,6 +85,16 @@ def settle(msg: StoredMessage, results: dict[str, dict[str, Any]], *, now: float
     return Outcome(final, results, None, error, newly_failed)
 
 
+async def _cancelled(tasks: list[asyncio.Task[None]]) -> None:
+    """Cancel ``tasks`` and wait for them, cancelling again any that go on: a cancel can be lost
+    in asyncio.wait_for() on Python 3.11 (aiosmtplib waits for replies with it), and a sender
+    that lost its cancel would wait for its next message for ever (shutdown hung)."""
+    while pending := [t for t in tasks if not t.done()]:
+        for task in pending:
+            task.cancel()
+        await asyncio.wait(pending, timeout=1)
+
+
 class DeliveryWorker:
     def __init__(self, store: Store, upstream_factory: Callable[[], Upstream],
                  settings: DeliverySettings, *, prepare: Preparer | None = None,
@@ -147,12 +157,11 @@ class DeliveryWorker:
                     self._queue.put_nowait(msg)
                 if not batch:
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), self.settings.poll_interval)
+                        async with asyncio.timeout(self.settings.poll_interval):
+                            await self._wake.wait()
         finally:
             self._running = False
-            for task in senders:
-                task.cancel()
-            await asyncio.gather(*senders, return_exceptions=True)
+            await _cancelled(senders)
             # Outcomes already sent upstream: record them rather than send them again.
             await asyncio.gather(*list(self._commits), return_exceptions=True)
 

@@ -10,11 +10,15 @@ preloaded. ``workers = 0`` runs the engine in a thread instead (tests, tiny depl
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing
+import os
 import re
+import tempfile
 import time
 from concurrent.futures import Executor, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
 
 from relayguard.config import ScanSettings
 from relayguard.decision import Decision, Envelope, Submitter
@@ -30,13 +34,44 @@ _PRELOAD = ["relayguard.policy.engine", "relayguard.detect", "relayguard.extract
 # What may make a small message expensive to scan: an encoded part (an archive or document that
 # can decompress 100-fold) or such a file's bytes sent raw.
 _MAY_HOLD_DOCUMENT = re.compile(rb"(?i)base64|PK\x03\x04|%PDF-|\xd0\xcf\x11\xe0")
+# Messages from this size on reach a worker through a file, not the pool's pipe: pickled, a
+# 25 MiB message is one more copy in the relay and, while it is read, two in the worker.
+SPOOL_MIN_BYTES = 1024 * 1024
 
 
-def decide_timed(raw: bytes, envelope: Envelope, submitter: Submitter, policy: LoadedPolicy,
-                 limits: ScanSettings) -> tuple[Decision, float]:
+@dataclass(frozen=True, slots=True)
+class Spooled:
+    """A message waiting for a worker in a private temporary file (mode 0600), which the relay
+    deletes as soon as the decision is back (or the worker failed)."""
+
+    path: str
+
+    @classmethod
+    def write(cls, raw: bytes) -> Spooled:
+        fd, path = tempfile.mkstemp(prefix="relayguard-scan-")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(raw)
+        except BaseException:
+            os.unlink(path)
+            raise
+        return cls(path)
+
+    def read(self) -> bytes:
+        with open(self.path, "rb") as f:
+            return f.read()  # one buffer of the file's size
+
+    def remove(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+
+
+def decide_timed(raw: bytes | Spooled, envelope: Envelope, submitter: Submitter,
+                 policy: LoadedPolicy, limits: ScanSettings) -> tuple[Decision, float]:
     """The engine's decision and the CPU seconds it took (runs in a worker)."""
     started = time.perf_counter()
-    decision = engine.decide(raw, envelope, submitter, policy, limits=limits)
+    data = raw.read() if isinstance(raw, Spooled) else raw
+    decision = engine.decide(data, envelope, submitter, policy, limits=limits)
     return decision, time.perf_counter() - started
 
 
@@ -81,10 +116,12 @@ class ScanPool:
         bound = self.settings.time_budget * 3 + 30
         limits = self._crowded if self._scanning else self.settings
         self._scanning += 1
+        spooled = None
         try:
-            return await asyncio.wait_for(
-                loop.run_in_executor(self._pool, decide_timed, raw, envelope, submitter, policy,
-                                     limits), bound)
+            spooled = await self._spool(raw)
+            async with asyncio.timeout(bound):  # not wait_for(): it can lose a cancel on 3.11
+                return await loop.run_in_executor(self._pool, decide_timed, spooled or raw, envelope,
+                                                  submitter, policy, limits)
         except BrokenProcessPool as exc:
             log.error("scan.worker_died", note="pool restarted; the client is asked to retry")
             self._restart()
@@ -94,6 +131,17 @@ class ScanPool:
             raise ScanUnavailableError("scan took too long") from exc
         finally:
             self._scanning -= 1
+            if spooled is not None:
+                spooled.remove()
+
+    async def _spool(self, raw: bytes) -> Spooled | None:
+        if self._pool is None or len(raw) < SPOOL_MIN_BYTES:
+            return None
+        try:
+            return await asyncio.to_thread(Spooled.write, raw)
+        except OSError as exc:  # a full or read-only temp dir: the pipe still works
+            log.warning("scan.spool_failed", error=str(exc)[:200])
+            return None
 
     def _restart(self) -> None:
         old, self._pool = self._pool, self._new_pool()

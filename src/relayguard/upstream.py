@@ -7,11 +7,13 @@ translated here into :class:`DeliveryError` carrying the upstream's code.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import ssl
 from typing import Any, Protocol
 
 import aiosmtplib
+from aiosmtplib.protocol import SMTPProtocol
 
 from relayguard.config import UpstreamSettings, UpstreamTls
 from relayguard.crlf import dot_stuffed, is_canonical
@@ -46,6 +48,31 @@ def _ours_to_encode(envelope: Envelope, raw: bytes) -> bool:
         and is_canonical(raw)
 
 
+# A large message is written this much at a time, each slice once the transport has sent the
+# last: asyncio keeps a copy of whatever the socket does not take at once, which for a 25 MiB
+# message is most of it (25 MiB more in the relay while it is sent).
+WRITE_SLICE = 1024 * 1024
+
+
+async def _write_data(protocol: SMTPProtocol, pieces: list[bytes], *, drain_timeout: float) -> None:
+    """Write ``pieces``, each over WRITE_SLICE in slices with a wait (at most ``drain_timeout``) for
+    the transport to drain before the next. A small message is written without any await, so
+    its reply cannot arrive before read_response() waits for it; a reply the upstream sends in
+    the middle of a large one (it must not) goes unseen and read_response() times out."""
+    for piece in pieces:
+        if len(piece) <= WRITE_SLICE:
+            protocol.write(piece)
+            continue
+        view = memoryview(piece)
+        for start in range(0, len(piece), WRITE_SLICE):
+            if start:
+                # Not wait_for(): on 3.11 it loses a cancel that arrives as the drain completes,
+                # and a sender stopped mid-message went on to its next one (shutdown hung).
+                async with asyncio.timeout(drain_timeout):
+                    await protocol._drain_helper()  # aiosmtplib's own
+            protocol.write(view[start:start + WRITE_SLICE])  # type: ignore[arg-type]
+
+
 async def _sendmail_encoded(client: aiosmtplib.SMTP, envelope: Envelope, raw: bytes, *,
                             reply_timeout: float) -> dict[str, Any]:
     """aiosmtplib's sendmail() with our DATA encoding (two C-speed passes, no regex); same
@@ -65,9 +92,7 @@ async def _sendmail_encoded(client: aiosmtplib.SMTP, envelope: Envelope, raw: by
         raise aiosmtplib.SMTPDataError(start.code, start.message)
     protocol = client.protocol
     assert protocol is not None  # execute_command just used it
-    # No await between the write and read_response(): the reply cannot arrive unawaited.
-    for piece in dot_stuffed(raw):
-        protocol.write(piece)
+    await _write_data(protocol, dot_stuffed(raw), drain_timeout=reply_timeout)
     done = await protocol.read_response(timeout=reply_timeout)
     if done.code != 250:
         raise aiosmtplib.SMTPDataError(done.code, done.message)
@@ -123,6 +148,11 @@ class SmtpUpstream:
                                                   reply_timeout=self.settings.timeout)
             else:
                 refused, _ = await client.sendmail(envelope.mail_from, list(envelope.rcpt_tos), raw)
+        except asyncio.CancelledError:
+            # Shutdown, perhaps in the middle of DATA, where close()'s QUIT would be read as
+            # message text and wait for a reply that never comes: drop the connection instead.
+            self._drop()
+            raise
         except aiosmtplib.SMTPRecipientsRefused as exc:
             return {r.recipient: (r.code, _text(r)) for r in exc.recipients}
         except aiosmtplib.SMTPServerDisconnected:
@@ -146,6 +176,11 @@ class SmtpUpstream:
                 await self._client.rset()
             except aiosmtplib.SMTPException:
                 await self.close()
+
+    def _drop(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            client.close()
 
     async def close(self) -> None:
         client, self._client = self._client, None

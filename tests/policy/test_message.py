@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email
+import email.feedparser
 import email.parser
 import email.policy
 
@@ -81,7 +82,7 @@ def test_parser_crash_becomes_unscannable(monkeypatch: pytest.MonkeyPatch) -> No
     """A RecursionError inside the stdlib parser yields an unscannable finding, not an exception."""
     def explode(*args: object, **kwargs: object) -> None:
         raise RecursionError("deep")
-    monkeypatch.setattr(email.parser.BytesFeedParser, "close", explode)
+    monkeypatch.setattr(email.feedparser.FeedParser, "close", explode)  # both parsers use it
     parsed = parse_message(eml("To: a@x.org"), LIMITS)
     assert parsed.msg is None
     assert [f.kind for f in parsed.defects] == ["unscannable"]

@@ -246,7 +246,9 @@ def _dotted_message(repeats: int) -> bytes:
     return b"\r\n".join(lines) + b"\r\n"
 
 
-@pytest.mark.parametrize("repeats", [1, 20_000])  # a few bytes, and past the 256 KiB read chunk
+# A few bytes; past the 256 KiB read chunk; past 1 MiB (scanned via a spool file, sent upstream
+# in paced slices: upstream.WRITE_SLICE).
+@pytest.mark.parametrize("repeats", [1, 20_000, 80_000])
 async def test_dotted_message_arrives_byte_identical(relay_factory, sink: Sink, repeats: int) -> None:
     """Our own dot-stuffing: dot-leading and lone-dot lines reach the upstream as sent, and a
     refused recipient is still reported."""

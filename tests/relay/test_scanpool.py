@@ -97,3 +97,48 @@ async def test_a_message_scanned_while_another_is_gets_no_detection_helper(
     finally:
         pool.close()
     assert allowed == [True, False, True]
+
+
+async def test_a_large_message_reaches_the_worker_through_a_private_file_deleted_after(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """From SPOOL_MIN_BYTES on the message goes by file (not pickled through the pipe): the
+    worker decides the same, the file is 0600 while it exists and gone once the answer is back."""
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr(scanpool.tempfile, "tempdir", None)  # re-read TMPDIR
+    seen: list[int] = []
+    real_write = scanpool.Spooled.write
+
+    def write(raw: bytes) -> scanpool.Spooled:
+        spooled = real_write(raw)
+        seen.append(Path(spooled.path).stat().st_mode & 0o777)
+        return spooled
+
+    monkeypatch.setattr(scanpool.Spooled, "write", staticmethod(write))
+    policy = load_policy(ROOT / "policies" / "default.yaml")
+    held = _message(b"Patient NHS number 436 614 1345, DOB 01/02/1960.\r\n" + b"x" * 100 + b"\r\n" * 12_000
+                    + b"z" * 70 * 15_000)
+    assert len(held) >= scanpool.SPOOL_MIN_BYTES
+    pool = ScanPool(ScanSettings(workers=1))
+    try:
+        decision, _ = await pool.decide(held, ENV, WHO, policy)
+        small, _ = await pool.decide(_message(b"x" * 20_000), ENV, WHO, policy)
+    finally:
+        pool.close()
+    assert decision.action is Action.HOLD and {f.kind for f in decision.findings} >= {"nhs_number"}
+    assert small.action is Action.DELIVER
+    assert seen == [0o600]  # the large one only
+    assert list(tmp_path.iterdir()) == []
+
+
+async def test_no_room_for_the_file_falls_back_to_the_pipe(monkeypatch: pytest.MonkeyPatch) -> None:
+    def full(raw: bytes) -> scanpool.Spooled:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(scanpool.Spooled, "write", staticmethod(full))
+    pool = ScanPool(ScanSettings(workers=1))
+    try:
+        decision, _ = await pool.decide(_message(b"y" * scanpool.SPOOL_MIN_BYTES), ENV, WHO,
+                                        load_policy(ROOT / "policies" / "default.yaml"))
+    finally:
+        pool.close()
+    assert decision.action is Action.DELIVER

@@ -155,7 +155,7 @@ def test_over_the_size_limit_is_552_after_the_end() -> None:
     plain, relay = _both([data] * 5 + [b".\r\nNOOP\r\n"])
     assert relay == plain == (None, [b"552 Error: Too much mail data"], b"NOOP\r\n")
     scanner, _, _ = _scan([data] * 5 + [b".\r\n"])
-    assert scanner.state is DataState.TOO_MUCH and not scanner._buf
+    assert scanner.state is DataState.TOO_MUCH and scanner._out.tell() == 0
 
 
 def test_overlong_line_is_500_after_the_end() -> None:
@@ -188,4 +188,4 @@ def test_endless_line_is_not_buffered() -> None:
     scanner = DataScanner(size_limit=None, line_limit=LINE_LIMIT, overrun_limit=LINE_LIMIT)
     for _ in range(100):
         assert scanner.feed(b"y" * 4096) == -1
-    assert scanner.state is DataState.TOO_LONG and len(scanner._buf) == 0
+    assert scanner.state is DataState.TOO_LONG and scanner._out.tell() == 0

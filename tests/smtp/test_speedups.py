@@ -10,7 +10,9 @@ from aiosmtpd.smtp import SMTP
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relayguard.smtp.server import RelaySMTP
+from relayguard.config import SmtpSettings
+from relayguard.smtp.handler import RelayHandler
+from relayguard.smtp.server import RelaySMTP, SessionLimiter
 from relayguard.smtp.speedups import simple_path
 
 
@@ -83,3 +85,24 @@ def test_auth_methods_found_as_inspect_finds_them() -> None:
     assert aiosmtpd.smtp.inspect.getmembers(obj) == expected
     assert [n for n, _ in expected] == ["auth_LOGIN", "auth_PLAIN"]
 
+
+
+def test_names_listed_as_dir_lists_them_for_the_prefixes_aiosmtpd_looks_for() -> None:
+    """aiosmtpd finds smtp_*/handle_* methods by listing dir(); the per-class listing plus the
+    instance's own names gives it the same set."""
+    obj = _Protocolish()
+    obj.extra_attribute = 1  # type: ignore[attr-defined]
+    listed = aiosmtpd.smtp.dir(obj)  # type: ignore[attr-defined]
+    assert sorted(set(listed)) == dir(obj)
+    assert aiosmtpd.smtp.dir(obj) is not dir(obj)  # type: ignore[attr-defined]
+
+
+async def test_protocol_finds_the_same_commands_and_hooks_with_the_cached_listing() -> None:
+    async def verify(name: str, password: str, ip: str) -> str:
+        return name
+
+    handler = RelayHandler.__new__(RelayHandler)
+    proto = RelaySMTP(handler, settings=SmtpSettings(), verify=verify,
+                      limiter=SessionLimiter(total=1, per_ip=1), tls_context=None)
+    assert sorted(proto._smtp_methods) == sorted(m[5:] for m in dir(proto) if m.startswith("smtp_"))
+    assert sorted(proto._handle_hooks) == ["DATA", "MAIL", "RCPT", "exception"]

@@ -17,10 +17,12 @@ operations per chunk. Its rules, each mirroring a line of ``aiosmtpd.smtp.SMTP.s
 from __future__ import annotations
 
 import enum
+import io
 
 TERMINATOR = b"\r\n.\r\n"
 # aiosmtpd's lines start after every CRLF; a line starting with "." loses the dot. "\r\n." cannot
-# overlap itself, so one replace() removes exactly those dots (bar the first line's).
+# overlap itself, so one replace() per chunk removes exactly those dots; the ones whose CRLF
+# came at the end of the previous chunk are removed by hand (DataScanner._unstuff).
 _STUFFED, _UNSTUFFED = b"\r\n.", b"\r\n"
 
 
@@ -42,7 +44,9 @@ class DataScanner:
         self.size_limit, self.line_limit, self.overrun_limit = size_limit, line_limit, overrun_limit
         self.state = DataState.NOMINAL
         self.done = False
-        self._buf = bytearray()  # the raw (still dot-stuffed) content while NOMINAL
+        # The content, un-stuffed as it comes, while NOMINAL. A BytesIO, not a bytearray: its
+        # getvalue() hands over the buffer itself, so the message exists once, never twice.
+        self._out = io.BytesIO()
         # The CRLF that ended the DATA command: a terminator may start in it (empty message).
         self._tail = b"\r\n"  # the last 4 bytes seen, for a terminator split across chunks
         self._done_bytes = 0  # bytes of the CRLF-ended lines so far (aiosmtpd's num_bytes)
@@ -67,29 +71,37 @@ class DataScanner:
         body_end = end - 3  # the content ends with the CRLF before ".<CR><LF>"
         if body_end >= 0:
             self._take(chunk[:body_end])
-        elif self.state is DataState.NOMINAL:
-            # "." or ".\r" of the terminator came with the previous chunk: it is not content. The
-            # line it began had not ended, so no limit had looked at it.
-            del self._buf[body_end:]
+        elif self.state is DataState.NOMINAL and body_end == -2:
+            # ".\r" of the terminator came with the previous chunk: it is not content (the dot,
+            # at the start of a line, was taken off as stuffing; the CR remains). The line it
+            # began had not ended, so no limit had looked at it.
+            self._out.seek(-1, io.SEEK_END)
+            self._out.truncate()
         return end
 
     def content(self) -> bytes:
         """The message, dot-unstuffed; only after :meth:`feed` found the end, in state NOMINAL."""
         assert self.done and self.state is DataState.NOMINAL
-        buf, self._buf = self._buf, bytearray()
-        if buf[:1] == b".":
-            del buf[:1]  # the first line's dot (no CRLF before it); O(1) at a bytearray's front
-        raw = bytes(buf)
-        del buf  # peak: twice the message, here and in replace() below
-        return raw.replace(_STUFFED, _UNSTUFFED)
+        out, self._out = self._out, io.BytesIO()
+        return out.getvalue()
 
     def _take(self, data: bytes) -> None:
         if self.state is DataState.NOMINAL and data:
             self._count(data)
             if self.state is DataState.NOMINAL:
-                self._buf += data
+                self._out.write(self._unstuff(data))
             else:
-                self._buf = bytearray()  # refused: drop what we hold, keep reading to the end
+                self._out = io.BytesIO()  # refused: drop what we hold, keep reading to the end
+
+    def _unstuff(self, data: bytes) -> bytes:
+        """``data`` without the dot that starts each of its lines, lines begun at the end of
+        the previous chunk (CRLF, or CR then LF here) included."""
+        prev = self._tail[-2:]  # feed() moves the tail on only after taking the chunk
+        if prev == b"\r\n" and data[:1] == b".":
+            data = data[1:]
+        elif prev[-1:] == b"\r" and data[:2] == b"\n.":
+            data = b"\n" + data[2:]
+        return data.replace(_STUFFED, _UNSTUFFED)
 
     def _count(self, data: bytes) -> None:
         """Line lengths and size for ``data``: whole lines at C speed when nothing is near a

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import secrets
 import time
@@ -16,7 +17,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
-from sqlalchemy import Table, bindparam, case, delete, func, insert, null, or_, select, text, update
+from sqlalchemy import Table, bindparam, delete, func, insert, or_, select, text, update
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -28,8 +29,11 @@ from relayguard.store.records import StoredMessage, User
 from relayguard.store.states import State
 
 _MIGRATIONS = Path(__file__).with_name("migrations")
-# Columns for listings: everything but the raw bytes, which can be tens of megabytes.
-_SUMMARY_COLUMNS = [c for c in t.messages.c if c.name != "raw"]
+# Columns for listings: the message's row; its bytes (tens of megabytes) are in message_bodies.
+_SUMMARY_COLUMNS = list(t.messages.c)
+_FULL_COLUMNS = [*_SUMMARY_COLUMNS, t.message_bodies.c.raw]
+_WITH_BODY = t.messages.outerjoin(t.message_bodies, t.message_bodies.c.id == t.messages.c.id)
+_HAS_BODY = select(t.message_bodies.c.id).where(t.message_bodies.c.id == t.messages.c.id).exists()
 
 
 T = TypeVar("T")
@@ -63,6 +67,13 @@ async def insert_at_commit(conn: AsyncConnection, table: Table, row: dict[str, A
     pending[1].setdefault(table, []).append(row)
 
 
+async def _insert_message(conn: AsyncConnection, row: dict[str, Any], raw: bytes) -> None:
+    """The message's row, then its bytes (the foreign key wants them in this order, which the
+    deferred inserts keep: the messages table is queued first)."""
+    await insert_at_commit(conn, t.messages, row)
+    await insert_at_commit(conn, t.message_bodies, {"id": row["id"], "raw": raw})
+
+
 async def _flush_deferred(conn: AsyncConnection) -> None:
     pending = conn.info.pop(_DEFERRED, None)
     if pending is None or pending[0] is not _tx(conn):
@@ -83,10 +94,10 @@ _FINISH = (
             # Keep an earlier delivered_at: a retry after partial delivery must not move it.
             delivered_at=func.coalesce(bindparam("b_delivered"), t.messages.c.delivered_at))
 )
-_RAW_OF = select(t.messages.c.raw).where(t.messages.c.id == bindparam("b_id"))
+_RAW_OF = select(t.message_bodies.c.raw).where(t.message_bodies.c.id == bindparam("b_id"))
 CLAIM_RAW_MAX_BYTES = 64 * 1024  # claims carry the bytes of messages up to this size
-_SMALL_RAW = case((t.messages.c.size <= CLAIM_RAW_MAX_BYTES, t.messages.c.raw),
-                  else_=null()).label("raw")
+_RAWS_OF = (select(t.message_bodies.c.id, t.message_bodies.c.raw)
+            .where(t.message_bodies.c.id.in_(bindparam("b_ids", expanding=True))))
 
 
 def new_queue_id() -> str:
@@ -99,6 +110,11 @@ def _initial_state(decision: Decision) -> State:
             Action.REJECT: State.REFUSED}[decision.action]
 
 
+# Execution option marking a transaction that may write. SQLite opens only those with BEGIN
+# IMMEDIATE (its write lock); reads take a WAL snapshot beside the writer (sqlite.create_engine).
+WRITES = "relayguard_writes"
+
+
 class Store:
     """All persistence. Backends differ only in how the engine is made (``sqlite``, ``postgres``)."""
 
@@ -106,6 +122,7 @@ class Store:
                  url: str = "", write_lock: contextlib.AbstractAsyncContextManager[Any] | None = None,
                  ) -> None:
         self.engine = engine
+        self._writer = engine.execution_options(**{WRITES: True})
         self.clock: Clock = clock or SystemClock()
         self.schema = schema
         self.url = url
@@ -118,8 +135,9 @@ class Store:
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    async def migrate(self) -> None:
-        """Bring the schema to the newest Alembic revision (safe to call from several instances)."""
+    async def migrate(self, revision: str = "head") -> None:
+        """Bring the schema to ``revision``, by default the newest (safe to call from several
+        instances)."""
         async with self.begin() as conn:
             if self.is_postgres:
                 # Two instances starting together must not both create the tables (nor the
@@ -127,9 +145,9 @@ class Store:
                 await conn.execute(text("SELECT pg_advisory_xact_lock(4242001)"))
                 if self.schema:
                     await conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"'))
-            await conn.run_sync(self._upgrade)
+            await conn.run_sync(self._upgrade, revision)
 
-    def _upgrade(self, sync_conn: Any) -> None:
+    def _upgrade(self, sync_conn: Any, revision: str) -> None:
         from alembic import command  # noqa: PLC0415 - only needed at start-up
         from alembic.config import Config  # noqa: PLC0415
 
@@ -137,7 +155,7 @@ class Store:
         cfg.set_main_option("script_location", str(_MIGRATIONS))
         cfg.attributes["connection"] = sync_conn
         cfg.attributes["schema"] = self.schema
-        command.upgrade(cfg, "head")
+        command.upgrade(cfg, revision)
 
     async def close(self) -> None:
         # Let a group commit in flight finish: its callers are waiting for their answer.
@@ -152,7 +170,7 @@ class Store:
     async def begin(self) -> AsyncIterator[AsyncConnection]:
         """One transaction; database failures surface as :class:`StoreError` (the client hears 451)."""
         try:
-            async with self._write_lock, self.engine.begin() as conn:
+            async with self._write_lock, self._writer.begin() as conn:
                 conn.info[_MANAGED] = _tx(conn)
                 yield conn
                 await _flush_deferred(conn)
@@ -227,7 +245,7 @@ class Store:
             "mail_from": envelope.mail_from, "rcpts": json.dumps(list(envelope.rcpt_tos)),
             "submitter": submitter.name, "submitter_kind": submitter.kind.value,
             "client_addr": submitter.client_addr, "message_id": message_id, "subject": subject,
-            "size": len(raw), "raw": raw, "state": (state or _initial_state(decision)).value,
+            "size": len(raw), "state": (state or _initial_state(decision)).value,
             "action": decision.action.value, "decision": json.dumps(decision.to_json()),
             "policy_version": decision.policy_version, "attempts": 0, "next_attempt_at": now,
             "results": "{}",
@@ -243,9 +261,10 @@ class Store:
         row = self._message_row(raw=raw, envelope=envelope, submitter=submitter, decision=decision,
                                 message_id=message_id, subject=subject, origin=origin, state=state)
         if conn is not None:
-            await insert_at_commit(conn, t.messages, row)
+            await _insert_message(conn, row, raw)
         else:
-            await self.execute(insert(t.messages).values(**row))
+            async with self.begin() as own:
+                await _insert_message(own, row, raw)
         return str(row["id"])
 
     async def accept_leased(self, *, owner: str, lease: float, raw: bytes, envelope: Envelope,
@@ -258,7 +277,7 @@ class Store:
                                 message_id=message_id, subject=subject, origin="client",
                                 state=State.QUEUED)
         row.update(lease_owner=owner, lease_until=row["created_at"] + lease)
-        await insert_at_commit(conn, t.messages, row)
+        await _insert_message(conn, row, raw)
         return StoredMessage(
             id=row["id"], created_at=row["created_at"], updated_at=row["updated_at"], origin="client",
             envelope=envelope, submitter=submitter, message_id=message_id, subject=subject,
@@ -284,10 +303,13 @@ class Store:
         # loop here; the sender fetches those with raw_of() right before it sends each.
         stmt = (update(t.messages).where(t.messages.c.id.in_(due))
                 .values(lease_owner=owner, lease_until=now + lease)
-                .returning(*_SUMMARY_COLUMNS, _SMALL_RAW))
+                .returning(*_SUMMARY_COLUMNS))
         async with self.begin() as conn:
             rows = (await conn.execute(stmt)).fetchall()
-        return sorted((StoredMessage.from_row(r) for r in rows), key=lambda m: m.next_attempt_at or 0)
+            small = [r.id for r in rows if r.size <= CLAIM_RAW_MAX_BYTES]
+            raws = {r.id: r.raw for r in await conn.execute(_RAWS_OF, {"b_ids": small})} if small else {}
+        claimed = (dataclasses.replace(StoredMessage.from_row(r), raw=raws.get(r.id)) for r in rows)
+        return sorted(claimed, key=lambda m: m.next_attempt_at or 0)
 
     async def release_leases(self, owner: str) -> int:
         """Free every lease ``owner`` holds: called at start-up by the instance of that name,
@@ -323,8 +345,8 @@ class Store:
 
     async def get(self, queue_id: str, *, with_raw: bool = True,
                   conn: AsyncConnection | None = None) -> StoredMessage:
-        cols = list(t.messages.c) if with_raw else _SUMMARY_COLUMNS
-        stmt = select(*cols).where(t.messages.c.id == queue_id)
+        stmt = (select(*_FULL_COLUMNS).select_from(_WITH_BODY) if with_raw
+                else select(*_SUMMARY_COLUMNS)).where(t.messages.c.id == queue_id)
         if conn is not None:
             row = (await conn.execute(stmt)).first()
         else:
@@ -362,9 +384,10 @@ class Store:
         """Every message since ``since`` that still has its bytes, oldest first (for replay)."""
         after = ""
         while True:
-            stmt = (select(*t.messages.c)
+            stmt = (select(*_FULL_COLUMNS)
+                    .join_from(t.messages, t.message_bodies, t.message_bodies.c.id == t.messages.c.id)
                     .where(t.messages.c.created_at >= since, t.messages.c.origin == origin,
-                           t.messages.c.raw.is_not(None), t.messages.c.id > after)
+                           t.messages.c.id > after)
                     .order_by(t.messages.c.id).limit(batch))
             async with self.engine.connect() as conn:
                 rows = (await conn.execute(stmt)).fetchall()
@@ -376,8 +399,7 @@ class Store:
 
     async def count_since(self, since: float, *, origin: str = "client") -> int:
         stmt = (select(func.count()).select_from(t.messages)
-                .where(t.messages.c.created_at >= since, t.messages.c.origin == origin,
-                       t.messages.c.raw.is_not(None)))
+                .where(t.messages.c.created_at >= since, t.messages.c.origin == origin, _HAS_BODY))
         async with self.engine.connect() as conn:
             return int((await conn.execute(stmt)).scalar_one())
 

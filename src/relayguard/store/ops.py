@@ -1,7 +1,7 @@
 """Queries for operations: metrics, alerts, retention, the queue CLI and the daily report.
 
 Kept out of ``base.py`` so the core store stays small; every function takes the :class:`Store`
-and, where it writes, the caller's transaction. None of them reads ``messages.raw``.
+and, where it writes, the caller's transaction. None of them reads ``message_bodies``.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -119,12 +119,13 @@ async def purge_bodies(conn: AsyncConnection, *, before: float, now: float, limi
     each other's rows; SQLite ignores it, its writers are serialised anyway.
     """
     due = (select(m.c.id)
-           .where(m.c.state.in_([s.value for s in FINISHED_STATES]), m.c.raw.is_not(None),
+           .where(m.c.state.in_([s.value for s in FINISHED_STATES]), m.c.purged_at.is_(None),
                   m.c.updated_at < before)
            .order_by(m.c.id).limit(limit).with_for_update(skip_locked=True))
     ids = [str(r[0]) for r in (await conn.execute(due)).fetchall()]
     if ids:
-        await conn.execute(update(m).where(m.c.id.in_(ids)).values(raw=None, purged_at=now))
+        await conn.execute(delete(t.message_bodies).where(t.message_bodies.c.id.in_(ids)))
+        await conn.execute(update(m).where(m.c.id.in_(ids)).values(purged_at=now))
     return ids
 
 

@@ -1,7 +1,8 @@
-"""SQLite backend: one file, WAL, ``synchronous=FULL`` and ``BEGIN IMMEDIATE`` transactions.
+"""SQLite backend: one file, WAL, ``synchronous=FULL``, ``BEGIN IMMEDIATE`` for writes.
 
 IMMEDIATE takes the write lock at BEGIN, so two processes (the relay and a CLI) never both read
 and then deadlock upgrading to a write; ``busy_timeout`` makes the loser wait instead of failing.
+Reads (``engine.connect()``) begin DEFERRED: WAL gives them a snapshot without the write lock.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import structlog
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from relayguard.store.base import WRITES
 
 _SYNC_LEVELS = {"OFF", "NORMAL", "FULL", "EXTRA"}
 FILE_LOCK_WAIT_S = 30.0  # as long as SQLite's busy_timeout below
@@ -67,7 +70,8 @@ class WriterLock:
             return True
         waiting = asyncio.get_running_loop().run_in_executor(None, fcntl.flock, fd, fcntl.LOCK_EX)
         try:
-            await asyncio.wait_for(asyncio.shield(waiting), FILE_LOCK_WAIT_S)
+            async with asyncio.timeout(FILE_LOCK_WAIT_S):  # not wait_for(): it can lose a cancel
+                await asyncio.shield(waiting)
         except (asyncio.CancelledError, TimeoutError) as exc:
             # The thread goes on waiting and will get the lock: give it back when it does.
             def give_back(done: asyncio.Future[None]) -> None:
@@ -116,6 +120,9 @@ def create_engine(url: str, *, synchronous: str = "FULL") -> AsyncEngine:
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # Only Store.begin() writes. A read holding the write lock would queue behind every
+        # writer in SQLite's busy handler (and writers behind it: a sender reading a 30 MB
+        # message), outside the WriterLock that orders our writers.
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get(WRITES) else "BEGIN")
 
     return engine

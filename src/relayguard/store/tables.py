@@ -21,7 +21,7 @@ from sqlalchemy import (
 
 metadata = MetaData()
 
-# One row per accepted (or refused) message. ``raw`` is NULL once purged by retention.
+# One row per accepted (or refused) message; its bytes are in message_bodies.
 messages = Table(
     "messages",
     metadata,
@@ -37,7 +37,6 @@ messages = Table(
     Column("message_id", Text, nullable=True),  # the Message-ID header, for people and logs
     Column("subject", Text, nullable=True),
     Column("size", Integer, nullable=False),
-    Column("raw", LargeBinary, nullable=True),
     Column("state", String(16), nullable=False),  # see relayguard.store.states
     Column("action", String(16), nullable=False),
     Column("decision", Text, nullable=False),  # JSON of Decision.to_json()
@@ -55,6 +54,16 @@ messages = Table(
 Index("ix_messages_state_next", messages.c.state, messages.c.next_attempt_at)
 Index("ix_messages_created", messages.c.created_at)
 Index("ix_messages_submitter", messages.c.submitter, messages.c.created_at)
+
+# A message's bytes, until retention purges them (``messages.purged_at``). Apart from the row
+# that changes state: SQLite writes a whole row again when any column's size changes, so a
+# 25 MiB message kept with its state was copied on every claim and every delivery outcome.
+message_bodies = Table(
+    "message_bodies",
+    metadata,
+    Column("id", String(32), ForeignKey("messages.id"), primary_key=True),
+    Column("raw", LargeBinary, nullable=False),
+)
 
 users = Table(
     "users",
