@@ -32,8 +32,7 @@ _MIGRATIONS = Path(__file__).with_name("migrations")
 # Columns for listings: the message's row; its bytes (tens of megabytes) are in message_bodies.
 _SUMMARY_COLUMNS = list(t.messages.c)
 _FULL_COLUMNS = [*_SUMMARY_COLUMNS, t.message_bodies.c.raw]
-_WITH_BODY = t.messages.outerjoin(t.message_bodies, t.message_bodies.c.id == t.messages.c.id)
-_HAS_BODY = select(t.message_bodies.c.id).where(t.message_bodies.c.id == t.messages.c.id).exists()
+_BODY_OF = t.message_bodies.c.id == t.messages.c.id
 
 
 T = TypeVar("T")
@@ -345,7 +344,7 @@ class Store:
 
     async def get(self, queue_id: str, *, with_raw: bool = True,
                   conn: AsyncConnection | None = None) -> StoredMessage:
-        stmt = (select(*_FULL_COLUMNS).select_from(_WITH_BODY) if with_raw
+        stmt = (select(*_FULL_COLUMNS).outerjoin_from(t.messages, t.message_bodies, _BODY_OF) if with_raw
                 else select(*_SUMMARY_COLUMNS)).where(t.messages.c.id == queue_id)
         if conn is not None:
             row = (await conn.execute(stmt)).first()
@@ -385,7 +384,7 @@ class Store:
         after = ""
         while True:
             stmt = (select(*_FULL_COLUMNS)
-                    .join_from(t.messages, t.message_bodies, t.message_bodies.c.id == t.messages.c.id)
+                    .join_from(t.messages, t.message_bodies, _BODY_OF)
                     .where(t.messages.c.created_at >= since, t.messages.c.origin == origin,
                            t.messages.c.id > after)
                     .order_by(t.messages.c.id).limit(batch))
@@ -399,7 +398,8 @@ class Store:
 
     async def count_since(self, since: float, *, origin: str = "client") -> int:
         stmt = (select(func.count()).select_from(t.messages)
-                .where(t.messages.c.created_at >= since, t.messages.c.origin == origin, _HAS_BODY))
+                .where(t.messages.c.created_at >= since, t.messages.c.origin == origin,
+                       t.messages.c.purged_at.is_(None)))  # has its bytes, as retention keeps it
         async with self.engine.connect() as conn:
             return int((await conn.execute(stmt)).scalar_one())
 
