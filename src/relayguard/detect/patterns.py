@@ -1,4 +1,9 @@
-"""Compiled patterns shared by the detectors (stdlib ``re``: faster than ``regex`` here)."""
+"""Compiled patterns shared by the detectors (stdlib ``re``: faster than ``regex`` here).
+
+Digits are ASCII digits, ``[0-9]``, never ``\\d`` (which takes any script's): UK identifiers,
+dates and postcodes are written with them, and the finders skip text without them
+(``finders.digit_windows``).
+"""
 
 from __future__ import annotations
 
@@ -51,21 +56,21 @@ MONTH_NUMBERS = {name: i for i, name in enumerate(
 # lookbehind refuses a digit, a word character, there), so one shared lookbehind turns those
 # positions away first: tables are dense in long digit runs, and this is a fifth faster there.
 DATE_RE = re.compile(
-    r"\d(?<!\d\d)(?:"
-    r"(?<![\d/.-]\d)(?P<d>\d?)(?P<s>[/.-])(?P<m>\d{1,2})(?P=s)(?P<y>\d{4}|\d{2})(?![\d/])"
-    r"|(?<![\d/.-]\d)(?P<iy>\d{3})-(?P<im>\d{2})-(?P<id>\d{2})(?![\d-])"
-    rf"|(?<!\w\d)(?P<td>\d?)(?:st|nd|rd|th)?\s+(?P<tm>{_MONTHS})\.?,?\s+(?P<ty>\d{{4}})\b"
+    r"[0-9](?<![0-9][0-9])(?:"
+    r"(?<![0-9/.-][0-9])(?P<d>[0-9]?)(?P<s>[/.-])(?P<m>[0-9]{1,2})(?P=s)(?P<y>[0-9]{4}|[0-9]{2})(?![0-9/])"
+    r"|(?<![0-9/.-][0-9])(?P<iy>[0-9]{3})-(?P<im>[0-9]{2})-(?P<id>[0-9]{2})(?![0-9-])"
+    rf"|(?<!\w[0-9])(?P<td>[0-9]?)(?:st|nd|rd|th)?\s+(?P<tm>{_MONTHS})\.?,?\s+(?P<ty>[0-9]{{4}})\b"
     r")",
     re.I,
 )
 
 # UK postcode: outward code (A9, A99, A9A, AA9, AA99, AA9A) then inward code (9AA).
 POSTCODE_RE = re.compile(
-    r"\b(?P<out>[A-Z]{1,2}\d[A-Z\d]?|GIR)\s?(?P<in>\d[ABD-HJLNP-UW-Z]{2})\b",
+    r"\b(?P<out>[A-Z]{1,2}[0-9][A-Z0-9]?|GIR)\s?(?P<in>[0-9][ABD-HJLNP-UW-Z]{2})\b",
     re.I,
 )
 # The inward code alone: it starts with a digit, so the engine skips ahead through prose about
 # four times faster than POSTCODE_RE, whose leading \b defeats that. POSTCODE_RE then runs only on the
 # few characters before each hit (the outward code and a space are at most POSTCODE_BEFORE).
-INWARD_RE = re.compile(r"\d[ABD-HJLNP-UW-Z]{2}\b", re.I)
+INWARD_RE = re.compile(r"[0-9][ABD-HJLNP-UW-Z]{2}\b", re.I)
 POSTCODE_BEFORE = 5
