@@ -29,7 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from relayguard.store import Store
 from relayguard.store import tables as t
-from relayguard.store.base import insert_at_commit
+from relayguard.store.deferred import insert_at_commit
 
 GENESIS = "0" * 64
 # Any constant will do; it only has to differ from the other advisory locks (migrate uses 4242001).

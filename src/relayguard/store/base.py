@@ -17,14 +17,16 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
-from sqlalchemy import Table, bindparam, delete, func, insert, or_, select, text, update
+from sqlalchemy import bindparam, delete, func, insert, or_, select, text, update
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from relayguard.clock import Clock, SystemClock
 from relayguard.decision import Action, Decision, Envelope, Submitter
 from relayguard.errors import ConflictError, NotFound, StoreError
+from relayguard.store import deferred
 from relayguard.store import tables as t
+from relayguard.store.deferred import insert_at_commit, update_at_commit
 from relayguard.store.records import StoredMessage, User
 from relayguard.store.states import State
 
@@ -40,45 +42,11 @@ _Work = tuple[Callable[[AsyncConnection], Awaitable[Any]], "asyncio.Future[Any]"
 _BATCH_MAX = 100  # messages per group commit; bounds the work redone if a batch fails
 
 
-# conn.info keys: the transaction Store.begin() opened, and rows waiting for its commit.
-_MANAGED = "relayguard.managed_tx"
-_DEFERRED = "relayguard.deferred"
-
-
-def _tx(conn: AsyncConnection) -> object:
-    return conn.sync_connection.get_transaction() if conn.sync_connection else None
-
-
-async def insert_at_commit(conn: AsyncConnection, table: Table, row: dict[str, Any]) -> None:
-    """Insert ``row`` when the transaction commits, together with every other row queued for
-    ``table`` (one ``executemany`` for a whole group commit instead of a statement each).
-
-    Only append-only rows nobody reads back in the same transaction may wait (new messages,
-    audit entries). Outside a transaction opened by :meth:`Store.begin` it inserts at once.
-    """
-    tx = _tx(conn)
-    if tx is None or conn.info.get(_MANAGED) is not tx:
-        await conn.execute(insert(table).values(**row))
-        return
-    pending: tuple[object, dict[Table, list[dict[str, Any]]]] | None = conn.info.get(_DEFERRED)
-    if pending is None or pending[0] is not tx:
-        pending = conn.info[_DEFERRED] = (tx, {})
-    pending[1].setdefault(table, []).append(row)
-
-
 async def _insert_message(conn: AsyncConnection, row: dict[str, Any], raw: bytes) -> None:
     """The message's row, then its bytes (the foreign key wants them in this order, which the
     deferred inserts keep: the messages table is queued first)."""
     await insert_at_commit(conn, t.messages, row)
     await insert_at_commit(conn, t.message_bodies, {"id": row["id"], "raw": raw})
-
-
-async def _flush_deferred(conn: AsyncConnection) -> None:
-    pending = conn.info.pop(_DEFERRED, None)
-    if pending is None or pending[0] is not _tx(conn):
-        return
-    for table, rows in pending[1].items():
-        await conn.execute(insert(table), rows)
 
 
 # Statements on the per-message path, built once: constructing SQLAlchemy expressions for every
@@ -170,9 +138,9 @@ class Store:
         """One transaction; database failures surface as :class:`StoreError` (the client hears 451)."""
         try:
             async with self._write_lock, self._writer.begin() as conn:
-                conn.info[_MANAGED] = _tx(conn)
+                deferred.manage(conn)
                 yield conn
-                await _flush_deferred(conn)
+                await deferred.flush(conn)
         except IntegrityError as exc:
             raise ConflictError(f"conflicting change: {exc.orig}") from exc
         except (OperationalError, DBAPIError, OSError) as exc:
@@ -207,6 +175,7 @@ class Store:
 
     async def _run_batch(self, batch: list[_Work]) -> list[Any]:
         async with self.begin() as conn:
+            deferred.manage(conn, batch=True)  # lets finish_attempt() wait for the commit
             return [await work(conn) for work, _ in batch]
 
     async def _run_alone(self, work: Callable[[AsyncConnection], Awaitable[Any]],
@@ -325,7 +294,9 @@ class Store:
         params = {"b_id": queue_id, "b_owner": owner, "b_state": state.value,
                   "b_results": json.dumps(results), "b_next": next_attempt_at, "b_error": error,
                   "b_now": now, "b_delivered": now if state is State.DELIVERED else None}
-        return bool((await self.execute(_FINISH, conn, params)).rowcount)
+        if conn is None:
+            return bool((await self.execute(_FINISH, None, params)).rowcount)
+        return await update_at_commit(conn, _FINISH, params)
 
     async def set_state(self, queue_id: str, state: State, *, expect: Iterable[State],
                         conn: AsyncConnection | None = None, **values: Any) -> None:
