@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import json
 import secrets
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
@@ -141,9 +142,9 @@ class Store:
                 deferred.manage(conn)
                 yield conn
                 await deferred.flush(conn)
-        except IntegrityError as exc:
-            raise ConflictError(f"conflicting change: {exc.orig}") from exc
-        except (OperationalError, DBAPIError, OSError) as exc:
+        except (IntegrityError, sqlite3.IntegrityError) as exc:  # sqlite3's: deferred.flush()
+            raise ConflictError(f"conflicting change: {getattr(exc, 'orig', exc)}") from exc
+        except (OperationalError, DBAPIError, sqlite3.Error, OSError) as exc:
             raise StoreError(f"store unavailable: {getattr(exc, 'orig', exc)}") from exc
 
     async def batched(self, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:

@@ -30,7 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.dml import Update
 
-from relayguard.errors import ConflictError, StoreError
+from relayguard.errors import StoreError
 
 # conn.info keys: the transaction Store.begin() opened, the one a group commit runs in, and what
 # waits for its commit.
@@ -41,6 +41,9 @@ _DEFERRED = "relayguard.deferred"
 
 class LostUpdateError(StoreError):
     """An update deferred to the commit of a group changed no row (its lease was lost)."""
+
+    def __init__(self) -> None:
+        super().__init__("a deferred update changed no row")
 
 
 @dataclass
@@ -102,7 +105,7 @@ async def flush(conn: AsyncConnection) -> None:
         await conn.execute(insert(table), rows)
     for stmt, params in waiting.updates:
         if (await conn.execute(stmt, params)).rowcount != 1:
-            raise LostUpdateError("a deferred update changed no row")
+            raise LostUpdateError
 
 
 # -- SQLite: one trip to the database thread ------------------------------------------------
@@ -116,19 +119,15 @@ async def _flush_sqlite(conn: AsyncConnection, waiting: _Waiting) -> bool:
 
     The statements are compiled by SQLAlchemy for this dialect, and the parameters are passed
     as they are: the columns are text, numbers and bytes, which sqlite3 takes as such (the
-    SQLite dialect has no bind processors for them)."""
+    SQLite dialect has no bind processors for them). sqlite3's errors reach Store.begin(),
+    which reports them as it does SQLAlchemy's."""
     driver = (await conn.get_raw_connection()).driver_connection
     run = getattr(driver, "_execute", None)  # aiosqlite: run a function in its thread
     db = getattr(driver, "_conn", None)
     groups = _groups(conn.dialect, waiting)
     if run is None or db is None or groups is None:
         return False
-    try:
-        await run(_run_groups, db, groups)
-    except sqlite3.IntegrityError as exc:
-        raise ConflictError(f"conflicting change: {exc}") from exc
-    except sqlite3.Error as exc:
-        raise StoreError(f"store unavailable: {exc}") from exc
+    await run(_run_groups, db, groups)
     return True
 
 
@@ -171,8 +170,7 @@ def _compiled_update(dialect: Dialect, stmt: Update) -> tuple[str, tuple[str, ..
     compiled = stmt.compile(dialect=dialect)
     assert isinstance(compiled, SQLCompiler)
     names = tuple(compiled.positiontup or ())
-    fixed = {name: bind.effective_value for name, bind in compiled.binds.items() if bind.value is not None
-             or not bind.required}
+    fixed = {name: bind.effective_value for name, bind in compiled.binds.items() if not bind.required}
     return str(compiled), names, fixed
 
 
@@ -186,6 +184,6 @@ def _run_groups(db: sqlite3.Connection, groups: list[_Group]) -> None:
                 continue
             for params in rows:
                 if cursor.execute(sql, params).rowcount != 1:
-                    raise LostUpdateError("a deferred update changed no row")
+                    raise LostUpdateError
     finally:
         cursor.close()
