@@ -5,9 +5,11 @@ Each entry's ``hash`` is ``sha256(prev_hash + canonical_json(entry))`` where the
 deleting or reordering any entry breaks every hash after it, which :func:`verify` reports.
 
 :func:`append` runs inside the caller's transaction so that a decision and its audit entry commit
-together or not at all. Appends are serialised: on SQLite the transaction is already
-``BEGIN IMMEDIATE`` (one writer at a time); on PostgreSQL a transaction-scoped advisory lock makes
-concurrent relay instances queue up behind each other, so two entries never share a ``prev_hash``.
+together or not at all. The entry takes its place in the chain at the commit, after the chain's
+last entry is read there (``store.deferred.chain_at_commit``). Appends are serialised from that
+read to the commit: on SQLite by its write lock (one writer at a time); on PostgreSQL by a
+transaction-scoped advisory lock that makes concurrent relay instances queue up behind each
+other, so two entries never share a ``prev_hash``.
 
 Details must never hold raw identifiers or message bodies: callers pass findings through
 ``Finding.public()`` (masked), and :func:`append` masks anything shaped like a 10-digit health
@@ -24,12 +26,12 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import IO, Any
 
-from sqlalchemy import select, text
+from sqlalchemy import insert, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from relayguard.store import Store
 from relayguard.store import tables as t
-from relayguard.store.deferred import insert_at_commit
+from relayguard.store.deferred import Chain, chain_at_commit
 
 GENESIS = "0" * 64
 # Any constant will do; it only has to differ from the other advisory locks (migrate uses 4242001).
@@ -98,37 +100,38 @@ def _scrub(value: Any) -> Any:
     return value
 
 
-# conn.info key: (transaction, next seq, last hash), valid while that transaction lasts.
-_TAIL = "relayguard.audit_tail"
+def _link(last: Any, rows: list[dict[str, Any]]) -> None:
+    """Give queued entries (``chain_at_commit``) their seq, prev_hash and hash, in order, after
+    the chain's last entry ``last`` (None when the trail is empty)."""
+    seq, prev = (int(last[0]) + 1, str(last[1])) if last else (1, GENESIS)
+    for row in rows:
+        digest = entry_hash(prev, seq=seq, at=row["at"], actor=row["actor"], action=row["action"],
+                            obj=row["object"], details=json.loads(row["details"]))
+        row.update(seq=seq, prev_hash=prev, hash=digest)
+        seq, prev = seq + 1, digest
+
+
+# Appenders are serialised from the chain's tail read to the commit: on SQLite by its write lock,
+# on PostgreSQL by a transaction-scoped advisory lock taken first.
+_CHAIN = Chain(t.audit, select(t.audit.c.seq, t.audit.c.hash).order_by(t.audit.c.seq.desc()).limit(1),
+               _link, lock_sql={"postgresql": f"SELECT pg_advisory_xact_lock({_PG_LOCK})"})
 
 
 async def append(conn: AsyncConnection, *, at: float, actor: str, action: str, obj: str = "",
                  details: dict[str, Any] | None = None) -> None:
-    """Add one entry to the chain inside the caller's transaction (``conn`` from ``store.begin()``)."""
-    seq, prev = await _tail(conn)
-    # Round-trip through JSON so the hashed form is exactly what is stored and read back.
-    clean: dict[str, Any] = json.loads(canonical_json(_scrub(details or {})))
-    digest = entry_hash(prev, seq=seq, at=at, actor=actor, action=str(action), obj=obj, details=clean)
-    await insert_at_commit(conn, t.audit, {
-        "seq": seq, "at": at, "actor": actor, "action": str(action), "object": obj,
-        "details": canonical_json(clean), "prev_hash": prev, "hash": digest})
-    conn.info[_TAIL] = (conn.sync_connection.get_transaction() if conn.sync_connection else None,
-                        seq + 1, digest)
+    """Add one entry to the chain inside the caller's transaction (``conn`` from ``store.begin()``).
 
-
-async def _tail(conn: AsyncConnection) -> tuple[int, str]:
-    """The next seq and the previous hash. Read once per transaction: later appends in the same
-    transaction (a group commit) reuse what the last one wrote, as nobody else can append while
-    this transaction holds the chain lock."""
-    tx = conn.sync_connection.get_transaction() if conn.sync_connection else None
-    cached = conn.info.get(_TAIL)
-    if cached is not None and tx is not None and cached[0] is tx:
-        return int(cached[1]), str(cached[2])
-    if conn.dialect.name == "postgresql":
-        await conn.execute(text(f"SELECT pg_advisory_xact_lock({_PG_LOCK})"))
-    last = (await conn.execute(
-        select(t.audit.c.seq, t.audit.c.hash).order_by(t.audit.c.seq.desc()).limit(1))).first()
-    return (int(last.seq) + 1, str(last.hash)) if last else (1, GENESIS)
+    Its place in the chain is taken at the commit, so the chain is locked only from then on
+    (deferred.chain_at_commit); in a transaction not opened by the store, at once."""
+    # The hash is computed over the details as stored (canonical JSON read back), whenever it is.
+    row = {"seq": None, "at": at, "actor": actor, "action": str(action), "object": obj,
+           "details": canonical_json(_scrub(details or {})), "prev_hash": None, "hash": None}
+    if chain_at_commit(conn, _CHAIN, row):
+        return
+    if sql := _CHAIN.lock_sql.get(conn.dialect.name):
+        await conn.execute(text(sql))
+    _link((await conn.execute(_CHAIN.tail)).first(), [row])
+    await conn.execute(insert(t.audit).values(**row))
 
 
 async def entries(store: Store, *, obj: str | None = None, action: str | None = None,

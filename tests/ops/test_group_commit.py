@@ -4,13 +4,19 @@ works one by one would not (relayguard.store.deferred)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import event, text
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from relayguard import audit
 from relayguard.decision import DELIVER_UNCHANGED, Envelope, Submitter, SubmitterKind
-from relayguard.store import State, Store, deferred
+from relayguard.errors import ConflictError
+from relayguard.store import State, Store, deferred, open_store
+from relayguard.store import tables as t
 from tests.relay.test_relay_core import PLAIN
 
 ENVELOPE = Envelope("a@example.org", ("b@example.org",))
@@ -75,3 +81,104 @@ async def test_outside_a_group_commit_an_update_runs_at_once(store: Store) -> No
         assert await store.finish_attempt(queue_id, "me", state=State.DELIVERED, results={},
                                           next_attempt_at=None, error=None, conn=conn)
     assert (await store.get(queue_id, with_raw=False)).state is State.DELIVERED
+
+
+# -- one-trip group commits (SQLite) and their fallbacks (both backends) ----------------------
+
+def _accepting(store: Store) -> Callable[[AsyncConnection], Awaitable[str]]:
+    async def work(conn: AsyncConnection) -> str:  # as the relay commits a message it accepted
+        queue_id = await store.accept(raw=PLAIN, envelope=ENVELOPE, submitter=WHO,
+                                      decision=DELIVER_UNCHANGED, conn=conn)
+        await audit.append(conn, at=store.clock.now(), actor=WHO.name, action="decided", obj=queue_id)
+        return queue_id
+    return work
+
+
+async def test_on_sqlite_a_group_commit_opens_no_transaction_while_its_works_run(store: Store) -> None:
+    """The writes go to the database thread with BEGIN and COMMIT, in one trip: SQLAlchemy never
+    begins a transaction of its own, so the write lock is not held while the event loop runs."""
+    begun: list[object] = []
+
+    def on_begin(conn: object) -> None:
+        begun.append(conn)
+
+    event.listen(store.engine.sync_engine, "begin", on_begin)
+    try:
+        ids = await asyncio.gather(*(store.batched(_accepting(store)) for _ in range(5)))
+    finally:
+        event.remove(store.engine.sync_engine, "begin", on_begin)
+    assert sorted(m.id for m in await store.list_messages()) == sorted(ids)
+    assert [e.object for e in await audit.entries(store)] == ids  # chained in commit order
+    assert (await audit.verify(store))[0]
+    if store.is_postgres:
+        assert 1 <= len(begun) <= 5  # group-committed, in ordinary transactions
+    else:
+        assert not begun
+
+
+async def test_a_work_that_runs_its_own_statement_still_commits_once(store: Store) -> None:
+    """Such a work needs a transaction while it runs: on SQLite the one-trip commit gives way to
+    an ordinary one for the whole batch, even when the work swallows the refusal."""
+    async def noting(conn: AsyncConnection) -> str:
+        queue_id = await _accepting(store)(conn)
+        # A careless work swallows the refusal: the batch must still not commit without it.
+        with contextlib.suppress(deferred.NeedsTransactionError):
+            await conn.execute(text("INSERT INTO users (name, password_hash, role, created_at, "
+                                    "failed_logins) VALUES ('noted', '-', 'admin', 0, 0)"))
+        return queue_id
+
+    ids = await asyncio.gather(store.batched(_accepting(store)), store.batched(noting),
+                               store.batched(_accepting(store)))
+    assert sorted(m.id for m in await store.list_messages()) == sorted(ids)
+    assert [u.name for u in await store.list_users()] == ["noted"]  # its statement ran, once
+    assert len(await audit.entries(store)) == 3
+    assert (await audit.verify(store))[0]
+
+
+async def test_a_statement_refused_in_a_one_trip_commit(tmp_path: Path) -> None:
+    store = open_store(f"sqlite:///{tmp_path}/q.db")
+    await store.migrate()
+    try:
+        async with store.engine.connect() as conn:
+            with deferred.one_trip(conn):
+                with pytest.raises(deferred.NeedsTransactionError):
+                    await conn.execute(text("SELECT 1"))
+                with pytest.raises(deferred.NeedsTransactionError):  # spoiled for good
+                    await deferred.commit_in_one_trip(conn, store._write_lock)  # type: ignore[arg-type]
+            assert (await conn.execute(text("SELECT 1"))).scalar() == 1  # outside it, as ever
+    finally:
+        await store.close()
+
+
+async def test_a_failing_write_in_a_batch_fails_alone(store: Store) -> None:
+    """A row that cannot be inserted rolls the whole batch back, the lock is let go, and the
+    works run again one by one: only the bad one fails."""
+    taken = await store.batched(_accepting(store))
+
+    async def duplicate(conn: AsyncConnection) -> str:
+        await deferred.insert_at_commit(conn, t.message_bodies, {"id": taken, "raw": b"again"})
+        return taken
+
+    results = await asyncio.gather(store.batched(_accepting(store)), store.batched(duplicate),
+                                   store.batched(_accepting(store)), return_exceptions=True)
+    assert isinstance(results[1], ConflictError)
+    assert len(await store.list_messages()) == 3
+    assert len(await audit.entries(store)) == 3
+    assert (await audit.verify(store))[0]
+    assert await store.batched(_accepting(store))  # nothing left locked
+
+
+async def test_two_stores_on_one_file_keep_one_chain(store_url: str) -> None:
+    """Two instances (as ``smtp.processes`` runs them) group-commit at once: each batch links
+    its entries after the other's, under the lock, and nothing is lost."""
+    one, two = open_store(store_url), open_store(store_url)
+    await one.migrate()
+    try:
+        ids = await asyncio.gather(*(s.batched(_accepting(s)) for _ in range(40) for s in (one, two)))
+        assert len(set(ids)) == 80
+        assert len(await one.list_messages(limit=100)) == 80
+        assert sorted(e.object for e in await audit.entries(two)) == sorted(ids)
+        assert (await audit.verify(one))[0]
+    finally:
+        await one.close()
+        await two.close()

@@ -74,3 +74,44 @@ async def test_in_memory_databases_need_no_lock_file(tmp_path: Path) -> None:
     async with lock:
         pass
     assert list(tmp_path.iterdir()) == []
+
+
+async def test_a_one_trip_commit_waits_in_its_thread_for_another_process(tmp_path: Path) -> None:
+    """held() (the database thread's half of a one-trip commit) waits for the file lock while
+    another process holds it, and lets it go on leaving."""
+    one, two = WriterLock(tmp_path / "q.db"), WriterLock(tmp_path / "q.db")
+    order: list[str] = []
+
+    def in_thread() -> None:
+        with two.held():
+            order.append("two in")
+
+    async with one:
+        waiting = asyncio.get_running_loop().run_in_executor(None, in_thread)
+        await asyncio.sleep(0.2)
+        order.append("one out")
+    await asyncio.wait_for(waiting, 5)
+    assert order == ["one out", "two in"]
+    with open(tmp_path / "q.db-writer.lock", "rb") as other:
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)  # let go
+    one.close()
+    two.close()
+
+
+async def test_a_one_trip_commit_gives_up_waiting_for_a_stuck_holder(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sqlite, "FILE_LOCK_WAIT_S", 0.2)
+    stuck, lock = WriterLock(tmp_path / "q.db"), WriterLock(tmp_path / "q.db")
+    entered: list[bool] = []
+
+    def in_thread() -> None:
+        with lock.held():
+            entered.append(True)
+
+    async with stuck:
+        await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(None, in_thread), 5)
+        with open(tmp_path / "q.db-writer.lock", "rb") as other, pytest.raises(BlockingIOError):
+            fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)  # still held by ``stuck``
+    assert entered == [True]
+    stuck.close()
+    lock.close()

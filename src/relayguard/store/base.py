@@ -13,7 +13,7 @@ import json
 import secrets
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -78,6 +78,18 @@ def _initial_state(decision: Decision) -> State:
             Action.REJECT: State.REFUSED}[decision.action]
 
 
+@contextlib.contextmanager
+def _reported() -> Iterator[None]:
+    """Database failures as the store's own errors (the client hears 451). sqlite3's own come
+    from the statements deferred.py runs in aiosqlite's thread."""
+    try:
+        yield
+    except (IntegrityError, sqlite3.IntegrityError) as exc:
+        raise ConflictError(f"conflicting change: {getattr(exc, 'orig', exc)}") from exc
+    except (OperationalError, DBAPIError, sqlite3.Error, OSError) as exc:
+        raise StoreError(f"store unavailable: {getattr(exc, 'orig', exc)}") from exc
+
+
 # Execution option marking a transaction that may write. SQLite opens only those with BEGIN
 # IMMEDIATE (its write lock); reads take a WAL snapshot beside the writer (sqlite.create_engine).
 WRITES = "relayguard_writes"
@@ -137,15 +149,11 @@ class Store:
     @asynccontextmanager
     async def begin(self) -> AsyncIterator[AsyncConnection]:
         """One transaction; database failures surface as :class:`StoreError` (the client hears 451)."""
-        try:
+        with _reported():
             async with self._write_lock, self._writer.begin() as conn:
                 deferred.manage(conn)
                 yield conn
                 await deferred.flush(conn)
-        except (IntegrityError, sqlite3.IntegrityError) as exc:  # sqlite3's: deferred.flush()
-            raise ConflictError(f"conflicting change: {getattr(exc, 'orig', exc)}") from exc
-        except (OperationalError, DBAPIError, sqlite3.Error, OSError) as exc:
-            raise StoreError(f"store unavailable: {getattr(exc, 'orig', exc)}") from exc
 
     async def batched(self, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
         """Run ``work`` in a transaction shared with other callers waiting at the same moment
@@ -175,9 +183,22 @@ class Store:
                     future.set_result(result)
 
     async def _run_batch(self, batch: list[_Work]) -> list[Any]:
+        if isinstance(self._write_lock, deferred.TripLock):
+            with contextlib.suppress(deferred.NeedsTransactionError):
+                return await self._run_batch_in_one_trip(batch, self._write_lock)
         async with self.begin() as conn:
             deferred.manage(conn, batch=True)  # lets finish_attempt() wait for the commit
             return [await work(conn) for work, _ in batch]
+
+    async def _run_batch_in_one_trip(self, batch: list[_Work], lock: deferred.TripLock) -> list[Any]:
+        """SQLite: the works run with no transaction open, and their writes go in one trip that
+        holds the write lock only from BEGIN to COMMIT (see store.deferred)."""
+        with _reported():
+            async with self.engine.connect() as conn:
+                with deferred.one_trip(conn):
+                    results = [await work(conn) for work, _ in batch]
+                    await deferred.commit_in_one_trip(conn, lock)
+        return results
 
     async def _run_alone(self, work: Callable[[AsyncConnection], Awaitable[Any]],
                          future: asyncio.Future[Any]) -> None:

@@ -7,7 +7,9 @@ which under load waits behind everything else the loop has to do (profiled at 10
 0.5-8 ms a trip, 15 trips a batch, and the batch was what limited throughput). So:
 
 * :func:`insert_at_commit`: append-only rows nobody reads back in the same transaction (new
-  messages, their bytes, audit entries) are inserted at the commit, one ``executemany`` a table;
+  messages, their bytes) are inserted at the commit, one ``executemany`` a table;
+* :func:`chain_at_commit`: rows of a hash chain (the audit trail) are linked at the commit too,
+  after the chain's last row is read there: the chain is locked only from then to the commit;
 * :func:`update_at_commit`: in a group commit, an UPDATE that must change exactly one row (a
   delivery outcome, which holds only while its sender still has the lease) is taken to succeed
   and runs at the commit. If it changes no row there, :class:`LostUpdateError` fails the batch,
@@ -15,16 +17,23 @@ which under load waits behind everything else the loop has to do (profiled at 10
   sees the truth: the batch only ever commits what running the works one by one would.
 
 On SQLite everything waiting goes to the database thread in ONE trip (:func:`_flush_sqlite`).
+A group commit there goes further (:func:`one_trip`): its works run before any transaction is
+open, and BEGIN, the writes and COMMIT all happen in that one trip, so SQLite's single write
+lock is held only while the database thread works, never while the event loop gets round to
+the next statement. With several relay processes on one file that lock was the bottleneck:
+held ~4 ms a batch, it was held nearly all the time (profiled, 2 processes, 1 KiB messages).
 """
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
-from sqlalchemy import Table, insert
+from sqlalchemy import Select, Table, insert, text
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.compiler import SQLCompiler
@@ -32,11 +41,9 @@ from sqlalchemy.sql.dml import Update
 
 from relayguard.errors import StoreError
 
-# conn.info keys: the transaction Store.begin() opened, the one a group commit runs in, and what
-# waits for its commit.
-_MANAGED = "relayguard.managed_tx"
-_BATCHED = "relayguard.batched_tx"
+# conn.info key (the DBAPI connection's, kept across checkouts: hence the transaction check).
 _DEFERRED = "relayguard.deferred"
+_NO_TX = object()  # the transaction of a one-trip group commit, not yet begun
 
 
 class LostUpdateError(StoreError):
@@ -46,10 +53,48 @@ class LostUpdateError(StoreError):
         super().__init__("a deferred update changed no row")
 
 
+class NeedsTransactionError(StoreError):
+    """A work in a one-trip group commit ran a statement of its own: that needs a transaction
+    open while the works run, so the batch is run again in an ordinary one."""
+
+    def __init__(self) -> None:
+        super().__init__("a statement ran before a one-trip commit")
+
+
+@dataclass(frozen=True, eq=False)
+class Chain:
+    """An append-only hash chain whose new rows are linked at the commit (relayguard.audit).
+
+    ``tail`` selects the last row's ``(seq, hash)``; ``link(last, rows)`` fills in each new
+    row's seq, prev_hash and hash, in order, from that tail (None for an empty chain).
+    ``lock_sql`` (by dialect name) runs first, where the write lock alone does not serialise
+    appenders (PostgreSQL's advisory lock)."""
+
+    table: Table
+    tail: Select[Any]
+    link: Callable[[Any, list[dict[str, Any]]], None]
+    lock_sql: dict[str, str] = field(default_factory=dict)
+
+
+@runtime_checkable
+class TripLock(Protocol):
+    """What a one-trip commit needs of the backend's writer lock (sqlite.WriterLock)."""
+
+    @property
+    def local(self) -> contextlib.AbstractAsyncContextManager[Any]:
+        """Orders this process's writers; taken on the event loop."""
+
+    def held(self) -> contextlib.AbstractContextManager[None]:
+        """Other processes' writers; taken and let go in the database thread."""
+
+
 @dataclass
 class _Waiting:
     tx: object
+    batch: bool = False
+    spoiled: bool = False  # a one-trip commit's work tried to begin a transaction
     inserts: dict[Table, list[dict[str, Any]]] = field(default_factory=dict)
+    chains: list[Chain] = field(default_factory=list)
     updates: list[tuple[Update, dict[str, Any]]] = field(default_factory=list)
 
 
@@ -61,33 +106,57 @@ def manage(conn: AsyncConnection, *, batch: bool = False) -> None:
     """Mark the transaction open on ``conn`` as Store.begin()'s (writes may wait for its
     commit) and, with ``batch``, as a group commit's (updates may wait too)."""
     tx = tx_of(conn)
-    conn.info[_BATCHED if batch else _MANAGED] = tx
-
-
-def _waiting(conn: AsyncConnection, key: str) -> _Waiting | None:
-    tx = tx_of(conn)
-    if tx is None or conn.info.get(key) is not tx:
-        return None
     waiting: _Waiting | None = conn.info.get(_DEFERRED)
     if waiting is None or waiting.tx is not tx:
         waiting = conn.info[_DEFERRED] = _Waiting(tx)
-    return waiting
+    waiting.batch = waiting.batch or batch
+
+
+def _waiting(conn: AsyncConnection, *, batch: bool = False) -> _Waiting | None:
+    waiting: _Waiting | None = conn.info.get(_DEFERRED)
+    if waiting is None or (batch and not waiting.batch):
+        return None
+    if waiting.tx is _NO_TX:
+        return waiting
+    return waiting if waiting.tx is tx_of(conn) else None
+
+
+def check_begin(conn: Any) -> None:
+    """Called as a transaction begins on ``conn`` (either API's connection; the SQLite backend's
+    begin hook): refused while the works of a one-trip group commit run, and that commit with
+    it, even if the work goes on after the error."""
+    waiting: _Waiting | None = conn.info.get(_DEFERRED)
+    if waiting is not None and waiting.tx is _NO_TX:
+        waiting.spoiled = True
+        raise NeedsTransactionError
 
 
 async def insert_at_commit(conn: AsyncConnection, table: Table, row: dict[str, Any]) -> None:
     """Insert ``row`` when the transaction commits, with every other row queued for ``table``.
     Outside a transaction opened by ``Store.begin`` it inserts at once."""
-    waiting = _waiting(conn, _MANAGED)
+    waiting = _waiting(conn)
     if waiting is None:
         await conn.execute(insert(table).values(**row))
         return
     waiting.inserts.setdefault(table, []).append(row)
 
 
+def chain_at_commit(conn: AsyncConnection, chain: Chain, row: dict[str, Any]) -> bool:
+    """Queue ``row`` for ``chain``, to be linked and inserted at the commit; False (nothing
+    queued) outside a transaction opened by ``Store.begin``: the caller appends at once."""
+    waiting = _waiting(conn)
+    if waiting is None:
+        return False
+    if chain not in waiting.chains:
+        waiting.chains.append(chain)
+    waiting.inserts.setdefault(chain.table, []).append(row)
+    return True
+
+
 async def update_at_commit(conn: AsyncConnection, stmt: Update, params: dict[str, Any]) -> bool:
     """Run ``stmt``, an UPDATE of at most one row; True if it changed its row. In a group commit
     it runs at the commit and True is assumed (see the module's docstring for why that is safe)."""
-    waiting = _waiting(conn, _BATCHED)
+    waiting = _waiting(conn, batch=True)
     if waiting is None:
         return bool((await conn.execute(stmt, params)).rowcount)
     waiting.updates.append((stmt, params))
@@ -96,11 +165,16 @@ async def update_at_commit(conn: AsyncConnection, stmt: Update, params: dict[str
 
 async def flush(conn: AsyncConnection) -> None:
     """Run what waits for this transaction's commit: called by Store.begin() right before it."""
-    waiting: _Waiting | None = conn.info.pop(_DEFERRED, None)
-    if waiting is None or waiting.tx is not tx_of(conn):
+    waiting = _waiting(conn)
+    conn.info.pop(_DEFERRED, None)
+    if waiting is None:
         return
-    if conn.dialect.name == "sqlite" and await _flush_sqlite(conn, waiting):
+    if conn.dialect.name == "sqlite" and await _flush_sqlite(conn, waiting, None):
         return
+    for chain in waiting.chains:
+        if sql := chain.lock_sql.get(conn.dialect.name):
+            await conn.execute(text(sql))
+        chain.link((await conn.execute(chain.tail)).first(), waiting.inserts[chain.table])
     for table, rows in waiting.inserts.items():
         await conn.execute(insert(table), rows)
     for stmt, params in waiting.updates:
@@ -108,14 +182,40 @@ async def flush(conn: AsyncConnection) -> None:
             raise LostUpdateError
 
 
+@contextlib.contextmanager
+def one_trip(conn: AsyncConnection) -> Iterator[None]:
+    """Run the works of a group commit on ``conn`` with no transaction open: what they write
+    waits, and :func:`commit_in_one_trip` runs it all. A work that runs a statement of its own
+    meets :class:`NeedsTransactionError` (the SQLite backend's begin hook raises it)."""
+    conn.info[_DEFERRED] = _Waiting(_NO_TX, batch=True)
+    try:
+        yield
+    finally:
+        conn.info.pop(_DEFERRED, None)
+
+
+async def commit_in_one_trip(conn: AsyncConnection, lock: TripLock) -> None:
+    """BEGIN, everything the works of :func:`one_trip` left waiting, and COMMIT, in one trip to
+    aiosqlite's thread, which takes the other processes' writer lock for just that long."""
+    waiting = _waiting(conn)
+    if waiting is None or waiting.tx is not _NO_TX:
+        raise RuntimeError("commit_in_one_trip() outside one_trip()")
+    if waiting.spoiled:
+        raise NeedsTransactionError
+    async with lock.local:
+        if not await _flush_sqlite(conn, waiting, lock):
+            raise NeedsTransactionError
+
+
 # -- SQLite: one trip to the database thread ------------------------------------------------
 
-_Group = tuple[str, list[tuple[Any, ...]], bool]  # SQL, parameter rows, each must change one row
+_Plan = list[tuple[str, tuple[str, ...], list[dict[str, Any]], bool]]  # SQL, names, rows, one row each
 
 
-async def _flush_sqlite(conn: AsyncConnection, waiting: _Waiting) -> bool:
+async def _flush_sqlite(conn: AsyncConnection, waiting: _Waiting, lock: TripLock | None) -> bool:
     """Everything waiting, run by sqlite3 in aiosqlite's thread in one trip; False (nothing
     done) when a statement cannot be run that way, and the caller runs it statement by statement.
+    With ``lock`` the trip also opens and commits the transaction, holding ``lock.held()``.
 
     The statements are compiled by SQLAlchemy for this dialect, and the parameters are passed
     as they are: the columns are text, numbers and bytes, which sqlite3 takes as such (the
@@ -124,31 +224,31 @@ async def _flush_sqlite(conn: AsyncConnection, waiting: _Waiting) -> bool:
     driver = (await conn.get_raw_connection()).driver_connection
     run = getattr(driver, "_execute", None)  # aiosqlite: run a function in its thread
     db = getattr(driver, "_conn", None)
-    groups = _groups(conn.dialect, waiting)
-    if run is None or db is None or groups is None:
+    plan = _plan(conn.dialect, waiting)
+    if run is None or db is None or plan is None:
         return False
-    await run(_run_groups, db, groups)
+    tails = [(_compiled_tail(conn.dialect, chain), chain, waiting.inserts[chain.table])
+             for chain in waiting.chains]
+    if lock is None:
+        await run(_run_plan, db, tails, plan)
+    else:
+        await run(_run_transaction, db, lock, tails, plan)
     return True
 
 
-def _groups(dialect: Dialect, waiting: _Waiting) -> list[_Group] | None:
-    groups: list[_Group] = []
+def _plan(dialect: Dialect, waiting: _Waiting) -> _Plan | None:
+    plan: _Plan = []
     for table, rows in waiting.inserts.items():
         compiled = _compiled_insert(dialect, table, frozenset(rows[0]))
-        if compiled is None:
-            return None
-        sql, names = compiled
-        try:
-            groups.append((sql, [tuple(row[n] for n in names) for row in rows], False))
-        except KeyError:  # rows with other columns than the first: left to SQLAlchemy
-            return None
+        if compiled is None or any(row.keys() != rows[0].keys() for row in rows):
+            return None  # a column SQLAlchemy would fill, or rows unlike the first: left to it
+        plan.append((*compiled, rows, False))
     for stmt, params in waiting.updates:
         sql, names, fixed = _compiled_update(dialect, stmt)
-        try:
-            groups.append((sql, [tuple(params[n] if n in params else fixed[n] for n in names)], True))
-        except KeyError:
+        if not set(names) <= params.keys() | fixed.keys():
             return None
-    return groups
+        plan.append((sql, names, [{**fixed, **params}], True))
+    return plan
 
 
 @lru_cache(maxsize=64)
@@ -174,15 +274,39 @@ def _compiled_update(dialect: Dialect, stmt: Update) -> tuple[str, tuple[str, ..
     return str(compiled), names, fixed
 
 
-def _run_groups(db: sqlite3.Connection, groups: list[_Group]) -> None:
-    """In aiosqlite's thread, inside the transaction Store.begin() opened."""
+@lru_cache(maxsize=8)
+def _compiled_tail(dialect: Dialect, chain: Chain) -> str:
+    return str(chain.tail.compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
+
+
+_Tails = list[tuple[str, Chain, list[dict[str, Any]]]]
+
+
+def _run_transaction(db: sqlite3.Connection, lock: TripLock, tails: _Tails, plan: _Plan) -> None:
+    """In aiosqlite's thread: the whole transaction of a one-trip group commit."""
+    with lock.held():
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            _run_plan(db, tails, plan)
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+
+
+def _run_plan(db: sqlite3.Connection, tails: _Tails, plan: _Plan) -> None:
+    """In aiosqlite's thread, inside a transaction: link the chains, then run the plan."""
     cursor = db.cursor()
     try:
-        for sql, rows, one_row_each in groups:
+        for tail_sql, chain, rows in tails:
+            chain.link(cursor.execute(tail_sql).fetchone(), rows)
+        for sql, names, rows, one_row_each in plan:
+            values = [tuple(row[n] for n in names) for row in rows]
             if not one_row_each:
-                cursor.executemany(sql, rows)
+                cursor.executemany(sql, values)
                 continue
-            for params in rows:
+            for params in values:
                 if cursor.execute(sql, params).rowcount != 1:
                     raise LostUpdateError
     finally:

@@ -11,6 +11,8 @@ import asyncio
 import contextlib
 import fcntl
 import os
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -20,6 +22,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from relayguard.store import deferred
 from relayguard.store.base import WRITES
 
 _SYNC_LEVELS = {"OFF", "NORMAL", "FULL", "EXTRA"}
@@ -92,10 +95,45 @@ class WriterLock:
         self._held = False
         self._local.release()
 
+    # A one-trip group commit (store.deferred.commit_in_one_trip) takes the two halves apart:
+    # ours on the event loop, the file lock in the database thread for just BEGIN..COMMIT.
+
+    @property
+    def local(self) -> asyncio.Lock:
+        return self._local
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """The file lock, taken in the calling (database) thread and let go on leaving. Polled,
+        not waited for in flock(): a thread blocked there could not give up after
+        ``FILE_LOCK_WAIT_S``. Holders keep it a millisecond or so, so the polls are few."""
+        held = self._path is not None and _poll_lock(self._file())
+        try:
+            yield
+        finally:
+            if held and self._fd is not None:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+
     def close(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+def _poll_lock(fd: int) -> bool:
+    """flock() ``fd`` exclusively, trying every 50 µs to 1 ms; False after FILE_LOCK_WAIT_S
+    (then SQLite's busy handler decides, as in WriterLock._lock_file)."""
+    deadline = time.monotonic() + FILE_LOCK_WAIT_S
+    pause = 50e-6
+    while True:
+        with contextlib.suppress(BlockingIOError):
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        if time.monotonic() >= deadline:
+            log.warning("store.writer_lock_timeout", waited_s=FILE_LOCK_WAIT_S)
+            return False
+        time.sleep(pause)
+        pause = min(pause * 2, 1e-3)
 
 
 def create_engine(url: str, *, synchronous: str = "FULL") -> AsyncEngine:
@@ -120,6 +158,7 @@ def create_engine(url: str, *, synchronous: str = "FULL") -> AsyncEngine:
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn: Any) -> None:
+        deferred.check_begin(conn)  # refused in a one-trip group commit: it begins in the trip
         # Only Store.begin() writes. A read holding the write lock would queue behind every
         # writer in SQLite's busy handler (and writers behind it: a sender reading a 30 MB
         # message), outside the WriterLock that orders our writers.
