@@ -303,12 +303,23 @@ def _tidy(f: HeaderField) -> bytes:
     return f.name.encode("ascii") + b":" + f.raw.split(b":", 1)[1]
 
 
+def filename_of(part: email.message.Message) -> str | None:
+    """``part.get_filename()``, answered without parsing the headers' parameters when neither
+    header so much as mentions one, as most parts do (profiled: ~20 µs a call, three calls a part
+    between parsing and extraction, a third of a 1 KiB message's decision)."""
+    disposition = str(part.get("content-disposition") or "")
+    ctype = str(part.get("content-type") or "")
+    if "filename" not in disposition.lower() and "name" not in ctype.lower():
+        return None  # get_filename() looks for exactly these two parameters
+    return part.get_filename()
+
+
 def _attachments(msg: email.message.Message, limits: ScanSettings) -> list[Attachment]:
     out = []
     for n, part in enumerate(msg.walk()):
         if n >= limits.max_mime_parts:
             break
-        name = part.get_filename()
+        name = filename_of(part)
         if name or part.get_content_disposition() == "attachment":
             out.append(Attachment(decode_words(str(name or "")), part.get_content_type()))
     return out

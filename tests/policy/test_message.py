@@ -11,7 +11,13 @@ import pytest
 
 from relayguard.config import ScanSettings
 from relayguard.decision import Envelope
-from relayguard.message import feed_parse, hidden_recipients, parse_message, split_header_block
+from relayguard.message import (
+    feed_parse,
+    filename_of,
+    hidden_recipients,
+    parse_message,
+    split_header_block,
+)
 
 from .conftest import eml
 
@@ -135,3 +141,20 @@ def test_fed_in_pieces_the_parser_sees_what_it_sees_whole(raw: bytes, chunk: int
     assert [p.get_payload(decode=True) for p in fed.walk() if not p.is_multipart()] == \
         [p.get_payload(decode=True) for p in whole.walk() if not p.is_multipart()]
     assert fed.preamble == whole.preamble and fed.epilogue == whole.epilogue
+
+
+@pytest.mark.parametrize("headers", [
+    "Content-Type: text/plain\r\n",
+    "Content-Type: text/plain; charset=utf-8\r\nContent-Disposition: inline\r\n",
+    "Content-Type: application/pdf\r\nContent-Disposition: attachment; filename=\"a b.pdf\"\r\n",
+    "Content-Type: application/pdf; NAME=\"upper.pdf\"\r\n",
+    "Content-Type: application/pdf\r\n"
+    "Content-Disposition: attachment; FileName*=utf-8''r%C3%A9sum%C3%A9.pdf\r\n",
+    "Content-Type: application/pdf\r\n"
+    "Content-Disposition: attachment; filename*0=\"long\"; filename*1=\".pdf\"\r\n",
+    "Content-Type: text/csv; name=\"=?utf-8?q?list=2Ecsv?=\"\r\n",
+    "Content-Disposition: attachment\r\n",
+])
+def test_filename_of_answers_as_get_filename_does(headers: str) -> None:
+    part = email.message_from_bytes((headers + "\r\nbody\r\n").encode())
+    assert filename_of(part) == part.get_filename()

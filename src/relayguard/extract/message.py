@@ -18,6 +18,7 @@ from email.message import Message
 
 from relayguard.extract.base import Budget, Dispatch, Item, Problem, Source, TextUnit, UnscannableError
 from relayguard.extract.text import extract_html, extract_text
+from relayguard.message import filename_of
 
 _BASE64_GROWTH = 4 / 3  # encoded size over decoded size, to refuse a huge part before decoding
 
@@ -76,14 +77,14 @@ def _leaf(part: Message, *, prefix: str, index: int, level: int, budget: Budget,
         return
     name = _filename(part)
     charset = part.get_content_charset()
+    ctype = part.get_content_type()  # once: each call looks through every header
     if name:
         yield TextUnit(where, name)  # a filename can leak an identifier too
-    elif part.get_content_maintype() == "text" and part.get_content_subtype() in ("plain", "html"):
-        src = Source(data, where, ctype=part.get_content_type(), depth=level, charset=charset)
-        body = extract_html if part.get_content_subtype() == "html" else extract_text
+    elif ctype in ("text/plain", "text/html"):
+        src = Source(data, where, ctype=ctype, depth=level, charset=charset)
+        body = extract_html if ctype == "text/html" else extract_text
         yield from body(src, budget, charset)
         return
-    ctype = part.get_content_type()
     yield from dispatch(Source(data, where, name=name, ctype=ctype, depth=level, charset=charset), budget)
 
 # The decoder compat32's get_payload uses for base64 (a private module, so looked up by name).
@@ -127,7 +128,7 @@ def _payload(part: Message, budget: Budget) -> bytes:
 def _filename(part: Message) -> str:
     """The part's filename, RFC 2047/2231 decoded; "unnamed" when it is there but undecodable."""
     try:
-        name = part.get_filename()
+        name = filename_of(part)
         return str(make_header(decode_header(name))) if name else ""
     except (LookupError, ValueError, TypeError, UnicodeError, HeaderParseError):
         return "unnamed"
@@ -135,7 +136,7 @@ def _filename(part: Message) -> str:
 
 def _is_body(part: Message) -> bool:
     disposition = (part.get("Content-Disposition") or "").split(";", 1)[0].strip().lower()
-    return (disposition != "attachment" and not part.get_filename()
+    return (disposition != "attachment" and not filename_of(part)
             and part.get_content_type() in ("text/plain", "text/html"))
 
 
