@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import IO, Any
 
-from sqlalchemy import insert, select, text
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from relayguard.store import Store
@@ -124,14 +124,9 @@ async def append(conn: AsyncConnection, *, at: float, actor: str, action: str, o
     Its place in the chain is taken at the commit, so the chain is locked only from then on
     (deferred.chain_at_commit); in a transaction not opened by the store, at once."""
     # The hash is computed over the details as stored (canonical JSON read back), whenever it is.
-    row = {"seq": None, "at": at, "actor": actor, "action": str(action), "object": obj,
-           "details": canonical_json(_scrub(details or {})), "prev_hash": None, "hash": None}
-    if chain_at_commit(conn, _CHAIN, row):
-        return
-    if sql := _CHAIN.lock_sql.get(conn.dialect.name):
-        await conn.execute(text(sql))
-    _link((await conn.execute(_CHAIN.tail)).first(), [row])
-    await conn.execute(insert(t.audit).values(**row))
+    await chain_at_commit(conn, _CHAIN, {
+        "seq": None, "at": at, "actor": actor, "action": str(action), "object": obj,
+        "details": canonical_json(_scrub(details or {})), "prev_hash": None, "hash": None})
 
 
 async def entries(store: Store, *, obj: str | None = None, action: str | None = None,

@@ -144,7 +144,7 @@ async def test_a_statement_refused_in_a_one_trip_commit(tmp_path: Path) -> None:
                 with pytest.raises(deferred.NeedsTransactionError):
                     await conn.execute(text("SELECT 1"))
                 with pytest.raises(deferred.NeedsTransactionError):  # spoiled for good
-                    await deferred.commit_in_one_trip(conn, store._write_lock)  # type: ignore[arg-type]
+                    await deferred.commit_in_one_trip(conn, store._trip_lock)  # type: ignore[arg-type]
             assert (await conn.execute(text("SELECT 1"))).scalar() == 1  # outside it, as ever
     finally:
         await store.close()

@@ -110,6 +110,8 @@ class Store:
         # SQLite has one writer: its backend queues ours (sqlite.WriterLock). PostgreSQL needs none.
         self._write_lock: contextlib.AbstractAsyncContextManager[Any] = (
             write_lock or contextlib.nullcontext())
+        # Group commits go in one trip where the lock can be split for it (SQLite's).
+        self._trip_lock = write_lock if isinstance(write_lock, deferred.TripLock) else None
         self._pending: list[_Work] = []
         self._drainer: asyncio.Task[None] | None = None
 
@@ -183,9 +185,9 @@ class Store:
                     future.set_result(result)
 
     async def _run_batch(self, batch: list[_Work]) -> list[Any]:
-        if isinstance(self._write_lock, deferred.TripLock):
+        if self._trip_lock is not None:
             with contextlib.suppress(deferred.NeedsTransactionError):
-                return await self._run_batch_in_one_trip(batch, self._write_lock)
+                return await self._run_batch_in_one_trip(batch, self._trip_lock)
         async with self.begin() as conn:
             deferred.manage(conn, batch=True)  # lets finish_attempt() wait for the commit
             return [await work(conn) for work, _ in batch]

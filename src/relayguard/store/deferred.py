@@ -141,16 +141,25 @@ async def insert_at_commit(conn: AsyncConnection, table: Table, row: dict[str, A
     waiting.inserts.setdefault(table, []).append(row)
 
 
-def chain_at_commit(conn: AsyncConnection, chain: Chain, row: dict[str, Any]) -> bool:
-    """Queue ``row`` for ``chain``, to be linked and inserted at the commit; False (nothing
-    queued) outside a transaction opened by ``Store.begin``: the caller appends at once."""
+async def chain_at_commit(conn: AsyncConnection, chain: Chain, row: dict[str, Any]) -> None:
+    """Queue ``row`` for ``chain``, to be linked and inserted at the commit. Outside a
+    transaction opened by ``Store.begin`` it is linked and inserted at once."""
     waiting = _waiting(conn)
     if waiting is None:
-        return False
+        await _link(conn, chain, [row])
+        await conn.execute(insert(chain.table).values(**row))
+        return
     if chain not in waiting.chains:
         waiting.chains.append(chain)
     waiting.inserts.setdefault(chain.table, []).append(row)
-    return True
+
+
+async def _link(conn: AsyncConnection, chain: Chain, rows: list[dict[str, Any]]) -> None:
+    """Link ``rows`` after the chain's last row, read through ``conn`` (SQLAlchemy's way; the
+    SQLite trips read it in the database thread, _run_plan)."""
+    if sql := chain.lock_sql.get(conn.dialect.name):
+        await conn.execute(text(sql))
+    chain.link((await conn.execute(chain.tail)).first(), rows)
 
 
 async def update_at_commit(conn: AsyncConnection, stmt: Update, params: dict[str, Any]) -> bool:
@@ -172,9 +181,7 @@ async def flush(conn: AsyncConnection) -> None:
     if conn.dialect.name == "sqlite" and await _flush_sqlite(conn, waiting, None):
         return
     for chain in waiting.chains:
-        if sql := chain.lock_sql.get(conn.dialect.name):
-            await conn.execute(text(sql))
-        chain.link((await conn.execute(chain.tail)).first(), waiting.inserts[chain.table])
+        await _link(conn, chain, waiting.inserts[chain.table])
     for table, rows in waiting.inserts.items():
         await conn.execute(insert(table), rows)
     for stmt, params in waiting.updates:
