@@ -159,9 +159,10 @@ class ScanSettings(_Section):
     max_header_bytes: int = Field(default=256 * 1024, gt=0)
     # Worker processes that parse and scan (0: a thread of the relay's own process).
     workers: int = Field(default=2, ge=0, le=64)
-    # Text-only messages up to this size are decided in the relay's event loop: handing them to
-    # a worker costs more CPU (~400 us of pickling and pipes) than deciding them (~250 us).
-    inline_max_bytes: int = Field(default=16 * 1024, ge=0)
+    # Messages up to this size are first decided in the relay's event loop, within a slice of
+    # ~10 ms and without opening archives or documents (those go to a worker): a worker's round
+    # trip costs ~2 ms of CPU, more than deciding a 100 KiB message (~1 ms). See scanpool.py.
+    inline_max_bytes: int = Field(default=128 * 1024, ge=0)
     # A large table (sheet or csv) gets a forked helper process that reads and detects part of
     # it while the scanning process goes on reading (about half the time on two cores); see
     # relayguard/detect/parallel.py.

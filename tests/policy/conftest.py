@@ -29,7 +29,7 @@ class FixedDetector:
         self.findings = list(findings)
 
     def __call__(self, msg: Any, *, limits: ScanSettings, custom: Any = None,
-                 salt: bytes = b"") -> list[Finding]:
+                 salt: bytes = b"", inline_slice: float | None = None) -> list[Finding]:
         return list(self.findings)
 
 

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import email
+import io
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
 
 from relayguard import scanpool
 from relayguard.config import ScanSettings
-from relayguard.decision import Action, Envelope, Submitter, SubmitterKind
+from relayguard.decision import Action, Decision, Envelope, Submitter, SubmitterKind
+from relayguard.detect import scan_message
+from relayguard.extract import NeedsWorkerError
 from relayguard.policy.loader import load_policy
 from relayguard.scanpool import ScanPool
 
@@ -29,22 +34,97 @@ def _spawned(pool: ScanPool) -> int:
     return len(getattr(pool._pool, "_processes", None) or {})
 
 
+def _attachment(name: str, data: bytes, ctype: str = "application/octet-stream") -> bytes:
+    """A letter with ``data`` attached (base64), as mail clients send it."""
+    boundary = b"b0undary"
+    return _message(
+        b"--" + boundary + b"\r\nContent-Type: text/plain\r\n\r\nPlease see attached.\r\n"
+        + b"--" + boundary + b"\r\nContent-Type: " + ctype.encode() + b"\r\n"
+        + b"Content-Transfer-Encoding: base64\r\nContent-Disposition: attachment; filename=\""
+        + name.encode() + b"\"\r\n\r\n" + base64.encodebytes(data).replace(b"\n", b"\r\n")
+        + b"--" + boundary + b"--",
+        b"MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"" + boundary + b"\"\r\n")
+
+
+def _zip(data: bytes) -> bytes:
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("notes.txt", data)
+    return out.getvalue()
+
+
 @pytest.mark.parametrize(("raw", "inline"), [
     (_message(b"See you on Tuesday."), True),
-    (_message(b"x" * 20_000), False),  # over inline_max_bytes
-    (_message(base64.b64encode(b"PK\x03\x04" + b"0" * 100),
-              b"Content-Transfer-Encoding: base64\r\n"), False),  # an encoded part
-    (_message(b"PK\x03\x04 raw archive bytes"), False),
-    (_message(b"%PDF-1.7 raw pdf bytes"), False),
+    (_message(b"x" * (ScanSettings().inline_max_bytes + 1)), False),
+    # An attachment is read inline unless it can inflate (archives, documents, PDF).
+    (_attachment("notes.txt", b"Clinic moved to room 4.\r\n" * 400, "text/plain"), True),
+    (_attachment("notes.zip", _zip(b"Clinic moved to room 4.\r\n" * 400)), False),
+    (_attachment("notes.pdf", b"%PDF-1.7 raw pdf bytes"), False),
+    (_message(b"PK\x03\x04 raw archive bytes",
+              b"Content-Type: application/zip\r\n"), False),
+    # Tag-heavy HTML: the parser's cost is per tag, not per byte.
+    (_message(b"<td>x</td>" * 1200, b"Content-Type: text/html\r\n"), False),
+    (_message(b"<p>" + b"A short note. " * 800 + b"</p>", b"Content-Type: text/html\r\n"), True),
+    # A long header block: its addresses are parsed before the scan's slice begins.
+    (_message(b"Hello", b"X-Long: " + b"a" * (scanpool.INLINE_MAX_HEADER_BYTES + 10) + b"\r\n"), False),
 ])
-async def test_small_text_is_decided_in_the_loop(raw: bytes, inline: bool) -> None:
-    pool = ScanPool(ScanSettings(workers=1, inline_max_bytes=16 * 1024))
+async def test_small_mail_is_decided_in_the_loop(raw: bytes, inline: bool) -> None:
+    """Where a message is decided depends on what it holds; the decision does not."""
+    policy = load_policy(ROOT / "policies" / "default.yaml")
+    pool, worker = ScanPool(ScanSettings(workers=1)), ScanPool(ScanSettings(workers=1, inline_max_bytes=0))
     try:
-        decision, _ = await pool.decide(raw, ENV, WHO, load_policy(ROOT / "policies" / "default.yaml"))
-        assert decision.action is Action.DELIVER
+        decision, _ = await pool.decide(raw, ENV, WHO, policy)
         assert (_spawned(pool) == 0) is inline
+        assert decision == (await worker.decide(raw, ENV, WHO, policy))[0]
+        assert _spawned(worker) == 1
     finally:
         pool.close()
+        worker.close()
+
+
+def _forwarded(inner: bytes) -> bytes:
+    """``inner`` forwarded as a message/rfc822 attachment."""
+    return _message(b"--fw\r\nContent-Type: text/plain\r\n\r\nFYI\r\n--fw\r\n"
+                    b"Content-Type: message/rfc822\r\n\r\n" + inner + b"--fw--",
+                    b"MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"fw\"\r\n")
+
+
+async def _decided_where(raw: bytes) -> tuple[Decision, bool]:
+    """The decision of a pool with one worker (default settings), and whether it used the worker."""
+    pool = ScanPool(ScanSettings(workers=1))
+    try:
+        decision, _ = await pool.decide(raw, ENV, WHO, load_policy(ROOT / "policies" / "default.yaml"))
+        return decision, _spawned(pool) == 1
+    finally:
+        pool.close()
+
+
+async def test_an_archive_inside_a_forwarded_message_is_left_to_a_worker() -> None:
+    """The refusal reaches through nesting: the extractors that catch every error for a part
+    let it pass, so it is never read as a corrupt (unscannable) part."""
+    decision, in_worker = await _decided_where(
+        _forwarded(_attachment("register.zip", _zip(b"NHS number 436 614 1345\r\n"))))
+    assert in_worker
+    assert decision.action is Action.HOLD
+    assert {f.kind for f in decision.findings} == {"nhs_number"}
+
+
+async def test_a_message_slower_than_the_slice_is_decided_again_in_a_worker(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(scanpool, "INLINE_SLICE_S", 0.0)  # every inline scan runs out at once
+    decision, in_worker = await _decided_where(_message(b"Patient NHS number 436 614 1345, DOB 01/02/1960."))
+    assert in_worker
+    assert decision.action is Action.HOLD
+    assert "unscannable" not in {f.kind for f in decision.findings}  # not "time budget exceeded"
+
+
+def test_an_inline_scan_stops_where_a_full_one_goes_on() -> None:
+    """Only an inline budget raises NeedsWorkerError; the same message with a full budget
+    is simply scanned."""
+    msg = email.message_from_bytes(_attachment("notes.zip", _zip(b"Clinic moved.\r\n")))
+    with pytest.raises(NeedsWorkerError):
+        scan_message(msg, limits=ScanSettings(), inline_slice=1.0)
+    assert scan_message(msg, limits=ScanSettings()) == []
 
 
 async def test_inline_decision_finds_what_a_worker_finds() -> None:
@@ -87,7 +167,7 @@ async def test_a_message_scanned_while_another_is_gets_no_detection_helper(
     monkeypatch.setattr(scanpool, "decide_timed", slow)
     pool = ScanPool(ScanSettings(workers=0))  # a thread: the recording above is seen
     policy = load_policy(ROOT / "policies" / "default.yaml")
-    big = _message(b"x" * 20_000)
+    big = _message(b"x" * (ScanSettings().inline_max_bytes + 1))  # never inline
     try:
         first = asyncio.create_task(pool.decide(big, ENV, WHO, policy))
         await asyncio.sleep(0.1)

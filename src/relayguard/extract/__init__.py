@@ -5,6 +5,7 @@ from relayguard.extract.base import (
     BudgetExceededError,
     Cells,
     Item,
+    NeedsWorkerError,
     Problem,
     Source,
     TextUnit,
@@ -14,5 +15,5 @@ from relayguard.extract.base import (
 from relayguard.extract.dispatch import extract
 from relayguard.extract.message import walk_message
 
-__all__ = ["Budget", "BudgetExceededError", "Cells", "Item", "Problem", "Source", "TextUnit",
-    "UnscannableError", "Work", "extract", "walk_message"]
+__all__ = ["Budget", "BudgetExceededError", "Cells", "Item", "NeedsWorkerError", "Problem", "Source",
+    "TextUnit", "UnscannableError", "Work", "extract", "walk_message"]

@@ -9,6 +9,8 @@ Exceptions (all under :class:`relayguard.errors.RelayguardError`):
 
 - UnscannableError         this place cannot be scanned; ``reason`` is safe to show (no content)
     - BudgetExceededError  the message's time budget is spent: the whole scan stops
+        - NeedsWorkerError the message is more than an inline scan may take on (see Budget):
+                           the scan stops and the caller starts it again in a worker
 """
 
 from __future__ import annotations
@@ -97,6 +99,15 @@ class TextUnit:
         return [self]
 
 
+class NeedsWorkerError(BudgetExceededError):
+    """Raised only by an inline budget: the message holds a format that may cost far more than
+    its size suggests, or the slice of time the event loop gives it is spent. No finding comes
+    of it; the scan is started again, from the beginning, in a worker."""
+
+    def __init__(self, why: str) -> None:
+        UnscannableError.__init__(self, why)
+
+
 class Work(Protocol):
     """Text units, or what some are made of when making them is itself much of the work (the
     rows of a large sheet): the process that runs the detectors makes them."""
@@ -124,15 +135,23 @@ class Budget:
     parts: int = 0  # MIME parts seen
     members: int = 0  # archive members opened, across all archives
     decoded: int = 0  # bytes decoded or decompressed so far
+    # An inline scan runs in the relay's event loop, which every other session waits on: its
+    # deadline is a short slice, and formats that can inflate are refused (extract.dispatch).
+    inline: bool = False
     _stopped: bool = field(default=False, repr=False)
 
     @classmethod
-    def start(cls, limits: ScanSettings) -> Budget:
-        return cls(limits=limits, deadline=time.monotonic() + limits.time_budget)
+    def start(cls, limits: ScanSettings, *, inline_slice: float | None = None) -> Budget:
+        """The budget of one scan; with ``inline_slice`` (seconds), an inline one."""
+        seconds = limits.time_budget if inline_slice is None else min(inline_slice, limits.time_budget)
+        return cls(limits=limits, deadline=time.monotonic() + seconds, inline=inline_slice is not None)
 
     def check_time(self) -> None:
-        """Raise :class:`BudgetExceededError` once the deadline has passed."""
+        """Raise :class:`BudgetExceededError` once the deadline has passed (an inline budget
+        raises :class:`NeedsWorkerError`: its deadline is the loop's, not the message's)."""
         if time.monotonic() > self.deadline:
+            if self.inline:
+                raise NeedsWorkerError("inline slice spent")
             raise BudgetExceededError
 
     def remaining(self) -> float:

@@ -5,7 +5,15 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 from relayguard.extract import archive, csvfile, message, odf, ooxml, pdf, text
-from relayguard.extract.base import Budget, BudgetExceededError, Item, Problem, Source, UnscannableError
+from relayguard.extract.base import (
+    Budget,
+    BudgetExceededError,
+    Item,
+    NeedsWorkerError,
+    Problem,
+    Source,
+    UnscannableError,
+)
 from relayguard.extract.sniff import Format, claimed_type, sniff
 
 Handler = Callable[[Source, Budget], Iterator[Item]]
@@ -53,6 +61,10 @@ _HANDLERS: dict[Format, Handler] = {
 
 _PACKAGES = frozenset({"xlsx", "docx", "pptx", "odf"})
 
+# Not read by an inline scan (see Budget.inline): what decompresses can cost 100 times its size.
+# (HTML has its own bound, in text.extract_html.)
+_INFLATING = frozenset({Format.XLSX, Format.DOCX, Format.PPTX, Format.ODF, Format.PDF, Format.ZIP})
+
 
 def _reason(reason: str, src: Source) -> str:
     # A broken zip that was sent as a workbook is better reported as what the sender meant.
@@ -64,6 +76,8 @@ def extract(src: Source, budget: Budget) -> Iterator[Item]:
     """Items for one part or archive member, whatever its format; never raises but for the budget."""
     budget.check_time()
     fmt = sniff(src.data, name=src.name, ctype=src.ctype)
+    if budget.inline and fmt in _INFLATING:
+        raise NeedsWorkerError(f"{fmt.value} is scanned in a worker")
     try:
         yield from _HANDLERS[fmt](src, budget)
     except BudgetExceededError:

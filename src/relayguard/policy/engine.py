@@ -36,8 +36,8 @@ from relayguard.policy.loader import LoadedPolicy
 class Detector(Protocol):
     """The detector seam: ``relayguard.detect.scan_message`` has this shape."""
 
-    def __call__(self, msg: email.message.Message, *, limits: ScanSettings,
-                 custom: Any = None, salt: bytes = b"") -> list[Finding]: ...
+    def __call__(self, msg: email.message.Message, *, limits: ScanSettings, custom: Any = None,
+                 salt: bytes = b"", inline_slice: float | None = None) -> list[Finding]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,23 +53,33 @@ class Context:
 
 
 def decide(raw: bytes, envelope: Envelope, submitter: Submitter, policy: LoadedPolicy, *,
-           limits: ScanSettings, detector: Detector | None = None) -> Decision:
-    """Decide what happens to ``raw``. Never raises for a malformed message: it fails safe."""
+           limits: ScanSettings, detector: Detector | None = None,
+           inline_slice: float | None = None) -> Decision:
+    """Decide what happens to ``raw``. Never raises for a malformed message: it fails safe.
+
+    ``inline_slice``: the caller is the relay's event loop and gives the scan that many seconds;
+    a message that needs more, or holds a document or archive, raises
+    :class:`relayguard.extract.NeedsWorkerError` (decide it again in a worker)."""
     parsed = parse_message(raw, limits)
-    findings = (*parsed.defects, *_detect(parsed, policy, limits, detector))
+    findings = (*parsed.defects, *_detect(parsed, policy, limits, detector, inline_slice))
     return evaluate(build_context(parsed, envelope, submitter, policy, findings), policy)
 
 
 def _detect(parsed: ParsedMessage, policy: LoadedPolicy, limits: ScanSettings,
-            detector: Detector | None) -> list[Finding]:
+            detector: Detector | None, inline_slice: float | None) -> list[Finding]:
     if parsed.msg is None:
         return []  # already an unscannable finding from the parser
+    # Imported here: keeps message/policy importable alone.
+    from relayguard.extract.base import NeedsWorkerError  # noqa: PLC0415
+
     if detector is None:
-        from relayguard.detect import scan_message  # noqa: PLC0415 - keeps message/policy importable alone
+        from relayguard.detect import scan_message  # noqa: PLC0415
 
         detector = scan_message
     try:
-        return list(detector(parsed.msg, limits=limits, custom=policy.custom))
+        return list(detector(parsed.msg, limits=limits, custom=policy.custom, inline_slice=inline_slice))
+    except NeedsWorkerError:
+        raise  # not a finding: the relay decides this message in a worker instead
     except Exception as exc:  # noqa: BLE001 - a detector crash must hold the message, not pass it
         return [Finding(kind=UNSCANNABLE, where="message", reason=f"detector failed ({type(exc).__name__})")]
 
