@@ -104,10 +104,15 @@ class HeaderBlock:
         return ""
 
 
+def header_end(raw: bytes) -> int:
+    """Where the body of ``raw`` starts: at its first empty line; len(raw) when it has none."""
+    m = _BLANK_LINE.search(raw)
+    return m.start(1) if m else len(raw)
+
+
 def split_header_block(raw: bytes) -> HeaderBlock:
     """The header fields of ``raw`` up to the first empty line, and the rest untouched."""
-    m = _BLANK_LINE.search(raw)
-    body_at = m.start(1) if m else len(raw)
+    body_at = header_end(raw)
     head = raw[:body_at]
     newline = b"\r\n" if b"\r\n" in head or raw.startswith(b"\r\n", body_at) else b"\n"
     fields: list[HeaderField] = []

@@ -22,6 +22,7 @@ from relayguard.message import (
     HeaderBlock,
     HeaderField,
     field_defect,
+    header_end,
     make_recipient,
     parse_address_list,
     split_header_block,
@@ -31,6 +32,9 @@ TRACE_HEADER = "X-Relayguard-Rewrite"
 UNDISCLOSED = "undisclosed-recipients:;"
 _OURS = frozenset({"to", "subject", TRACE_HEADER.lower()})
 _BLIND = frozenset({"bcc", "resent-bcc"})
+# The start of a field named in _BLIND, as split_header_block reads names (white space before the
+# colon included): found without splitting the block, which most messages need no more.
+_BLIND_FIELD = re.compile(rb"(?im)^(?:resent-)?bcc[ \t]*:")
 _RULE = re.compile(r"[A-Za-z0-9_.-]+")
 _TAG = re.compile(r"[\x20-\x7e]{1,40}")
 _SAFE_ADDRESS = re.compile(r"[^\s<>,;:\"()\[\]\\]+@[^\s<>,;:\"()\[\]\\@]+")
@@ -51,10 +55,10 @@ def apply(raw: bytes, decision: Decision, envelope: Envelope) -> list[Copy]:
     The action is not consulted: a held message that is later approved is rewritten the same way.
     Raises :class:`RewriteError` rather than return a copy that fails verification.
     """
-    block = split_header_block(raw)
-    blind = [f for f in block.fields if f.lname in _BLIND]
-    if decision.rewrite is None and not decision.tag_subject and not blind:
+    if decision.rewrite is None and not decision.tag_subject \
+            and not _BLIND_FIELD.search(raw, 0, header_end(raw)):
         return [(envelope, raw)]
+    block = split_header_block(raw)
     # A Bcc field a client left in would show every blind recipient to everyone: never forwarded.
     kept = [f for f in block.fields if f.lname not in _BLIND]
     fields = tag_subject(kept, decision.tag_subject, block.newline)

@@ -13,6 +13,7 @@ import ssl
 from typing import Any, Protocol
 
 import aiosmtplib
+from aiosmtplib.email import quote_address
 from aiosmtplib.protocol import SMTPProtocol
 
 from relayguard.config import UpstreamSettings, UpstreamTls
@@ -27,6 +28,11 @@ Results = dict[str, tuple[int, str]]
 # Reject all C0 controls + DEL in envelope addresses: aiosmtplib would not send the CR/LF, but it
 # quietly parses "a@b\r\nRCPT TO:<c@d>" down to "a@b", so the mail would go somewhere unjudged.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+# A dot-atom addr-spec: sent as <address>, exactly what quote_address() makes of it, without its
+# email.utils.parseaddr() (~10 us an address; profiled at 4 % of a 1 KiB message's CPU).
+_PLAIN_ADDRESS = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+@[A-Za-z0-9.-]+")
 
 
 class Upstream(Protocol):
@@ -73,17 +79,27 @@ async def _write_data(protocol: SMTPProtocol, pieces: list[bytes], *, drain_time
             protocol.write(view[start:start + WRITE_SLICE])  # type: ignore[arg-type]
 
 
+def _quoted(address: str) -> bytes:
+    """The address as MAIL and RCPT send it (``<>`` for the null sender)."""
+    if not address or _PLAIN_ADDRESS.fullmatch(address):
+        return f"<{address}>".encode("ascii")
+    return quote_address(address).encode("ascii")
+
+
 async def _sendmail_encoded(client: aiosmtplib.SMTP, envelope: Envelope, raw: bytes, *,
                             reply_timeout: float) -> dict[str, Any]:
-    """aiosmtplib's sendmail() with our DATA encoding (two C-speed passes, no regex); same
-    results and exceptions: refused recipients returned, all refused raised."""
-    await client.mail(envelope.mail_from)
+    """aiosmtplib's sendmail() with our DATA encoding (two C-speed passes, no regex) and our
+    address quoting; same results and exceptions: refused recipients returned, all refused
+    raised. MAIL and RCPT are what client.mail() and client.rcpt() send and check."""
+    await client._ehlo_or_helo_if_needed()  # what client.mail() does first
+    sent = await client.execute_command(b"MAIL", b"FROM:" + _quoted(envelope.mail_from))
+    if sent.code != 250:
+        raise aiosmtplib.SMTPSenderRefused(sent.code, sent.message, envelope.mail_from)
     refused: dict[str, Any] = {}
     for rcpt in envelope.rcpt_tos:
-        try:
-            await client.rcpt(rcpt)
-        except aiosmtplib.SMTPRecipientRefused as exc:
-            refused[rcpt] = exc
+        reply = await client.execute_command(b"RCPT", b"TO:" + _quoted(rcpt))
+        if reply.code not in (250, 251):
+            refused[rcpt] = aiosmtplib.SMTPRecipientRefused(reply.code, reply.message, rcpt)
     if len(refused) == len(envelope.rcpt_tos):
         await client.rset()
         raise aiosmtplib.SMTPRecipientsRefused(list(refused.values()))

@@ -139,3 +139,24 @@ def test_verify_rejects_a_new_header_and_a_surviving_cc() -> None:
     kept = b"To: undisclosed-recipients:;\r\nCc: b@y.org\r\n" + original.body
     with pytest.raises(RewriteError, match="exactly one To"):
         verify(kept, original, recipient=None, hidden=True, expected_fields=2)
+
+
+@pytest.mark.parametrize(("raw", "blind"), [
+    (msg("To: a@x.org"), False),
+    (msg("To: a@x.org", "Bcc: e@aol.com"), True),
+    (msg("To: a@x.org", "bcc : e@aol.com"), True),  # obsolete white space before the colon
+    (msg("To: a@x.org", "RESENT-BCC: e@aol.com"), True),
+    (msg("To: a@x.org", "X-Bcc: e@aol.com"), False),
+    (msg("To: a@x.org,\r\n Bcc: e@aol.com"), False),  # a continuation line, not a field
+    (msg("To: a@x.org", body=b"Bcc: e@aol.com\r\n"), False),  # in the body
+    (b"Bcc: e@aol.com\r\nTo: a@x.org\r\n\r\nHi\r\n", True),  # the first field
+    (b"To: a@x.org\nBcc: e@aol.com\n\nHi\n", True),  # bare LF line ends
+])
+def test_a_message_without_blind_fields_is_passed_on_untouched(raw: bytes, blind: bool) -> None:
+    """Without a rewrite or a tag, a message is sent as it came unless it has a Bcc or Resent-Bcc
+    field (found without splitting the header block: the same fields the split finds)."""
+    assert any(f.lname in ("bcc", "resent-bcc") for f in split_header_block(raw).fields) is blind
+    [(env, out)] = apply(raw, Decision(), Envelope(SENDER, ("a@x.org",)))
+    assert env == Envelope(SENDER, ("a@x.org",))
+    assert (out is raw) is not blind
+    assert not any(f.lname in ("bcc", "resent-bcc") for f in split_header_block(out).fields)

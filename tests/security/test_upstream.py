@@ -10,9 +10,11 @@ from typing import Any
 
 import pytest
 from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtplib.email import quote_address
 from pydantic import ValidationError
 
 from relayguard import devcert
+from relayguard import upstream as upstream_mod
 from relayguard.config import UpstreamSettings, UpstreamTls
 from relayguard.decision import Envelope as RgEnvelope
 from relayguard.errors import DeliveryError
@@ -178,3 +180,28 @@ async def test_slow_upstream_times_out_and_is_retried(relay_factory, sink: Recor
     sink.delay = 0.0
     stored = await wait_state(relay, queue_id, lambda m: m.state is State.DELIVERED)
     assert stored.state is State.DELIVERED
+
+
+ADDRESSES = ["ward7.admin@nhs.net", "Ward7+referrals@NHS.net", "o'brien@example.org", "\"j doe\"@nhs.net",
+             "a@[192.0.2.1]", "x_y-z@sub.example.co.uk"]
+
+
+@pytest.mark.parametrize("address", ["", *ADDRESSES])
+def test_envelope_addresses_are_quoted_as_aiosmtplib_quotes_them(address: str) -> None:
+    assert upstream_mod._quoted(address) == quote_address(address).encode("ascii")
+
+
+async def test_the_upstream_hears_every_envelope_address_as_given(sink: RecordingSink) -> None:
+    """MAIL and RCPT as we write them (plain addresses without aiosmtplib's parser): the null
+    sender, quoted local parts and address literals arrive as they were; a refused recipient is
+    reported with the upstream's reply and the others still get the message."""
+    sink.refuse = {"x_y-z@sub.example.co.uk": "550 5.1.1 no such user"}
+    upstream = SmtpUpstream(UpstreamSettings(host=sink.host, port=sink.port, tls="none"))
+    try:
+        results = await upstream.send(RgEnvelope("", tuple(ADDRESSES)), PLAIN, queue_id="q1")
+    finally:
+        await upstream.close()
+    assert results["x_y-z@sub.example.co.uk"][0] == 550
+    assert {r for r, (code, _) in results.items() if code == 250} == set(ADDRESSES[:-1])
+    assert sink.rcpts == ADDRESSES
+    assert [(g.mail_from, g.rcpt_tos) for g in sink.got] == [("<>", ADDRESSES[:-1])]

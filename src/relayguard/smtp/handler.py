@@ -13,8 +13,6 @@ import time
 import traceback
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from email.parser import BytesHeaderParser
-from email.policy import compat32
 from typing import Any
 
 from aiosmtpd.smtp import SMTP, Session
@@ -24,6 +22,7 @@ from relayguard.crlf import canonical_line_endings
 from relayguard.decision import Action, Decision, Envelope, Submitter, SubmitterKind
 from relayguard.errors import StoreError
 from relayguard.log import get_logger, safe
+from relayguard.message import split_header_block
 from relayguard.smtp.addresses import address_problem, domain_of
 
 log = get_logger("relayguard.smtp")
@@ -33,7 +32,8 @@ Decider = Callable[[bytes, Envelope, Submitter], Awaitable[Decision]]
 # commit(raw, envelope, submitter, decision, message_id, subject) -> queue id, in ONE transaction.
 Committer = Callable[[bytes, Envelope, Submitter, Decision, str | None, str | None], Awaitable[str]]
 
-_HEADER_PARSER = BytesHeaderParser(policy=compat32)
+# Message-ID and Subject are looked for in this much of a message at most.
+_HEADER_SCAN_BYTES = 256 * 1024
 # Up to this size the line-ending check runs in the loop (microseconds; a thread hop costs more).
 _INLINE_CRLF_BYTES = 64 * 1024
 
@@ -54,13 +54,12 @@ def reply_for(decision: Decision, queue_id: str) -> str:
 
 
 def _headers_of(raw: bytes) -> tuple[str | None, str | None]:
-    """Message-ID and Subject, for the log and the store (the header block only)."""
-    end = raw.find(b"\r\n\r\n")
-    head = raw if end < 0 else raw[: end + 2]
-    msg = _HEADER_PARSER.parsebytes(head[:256 * 1024])
-    mid, subject = msg.get("Message-ID"), msg.get("Subject")
-    return (safe(str(mid).strip(), 300) if mid else None,
-            safe(str(subject).strip(), 500) if subject else None)
+    """Message-ID and Subject, unfolded, for the log and the store (the header block only; read
+    the way the engine and the rewriter read it, not with a second parser: the stdlib's took
+    ~5 % of a 1 KiB message's CPU)."""
+    block = split_header_block(raw[:_HEADER_SCAN_BYTES])
+    mid, subject = block.first("message-id"), block.first("subject")
+    return (safe(mid, 300) if mid else None, safe(subject, 500) if subject else None)
 
 
 def _sender(envelope: SmtpEnvelope) -> str:
