@@ -40,6 +40,8 @@ MAX_DEPTH = 32  # deeper trees go to the stdlib parser (and the detectors' own d
 # email.feedparser.headerRE, for bytes: a header line, a continuation, or a "From " line.
 _HEADER_LINE = re.compile(rb"(From |[\041-\071\073-\176]*:|[\t ])")
 _CRLF = b"\r\n"
+# Between two fields of a decoded header block: a line end not followed by a continuation.
+_FIELD_BREAK = re.compile(r"\r\n(?![ \t])")
 
 
 class _NotPlainError(Exception):
@@ -155,23 +157,18 @@ def _headers(block: bytes) -> Message:
 
     ``block`` is a header block that ``_header_end`` found plain: every line a field, a
     continuation or a "From " line, then the empty line. The common case is built here the way
-    ``FeedParser._parse_headers`` builds it (each field's lines through the policy's own
-    ``header_source_parse``) without the parser's line-by-line machinery (a fifth of a 1 KiB
-    message's decision); a block with anything that parser treats specially (a "From " line,
-    a continuation first, a field without a name) is still handed to it.
+    ``FeedParser._parse_headers`` builds it (each field through the policy's own
+    ``header_source_parse``, which gives the same for a field's lines joined as for the list)
+    without the parser's line-by-line machinery (a fifth of a 1 KiB message's decision); a block
+    with anything that parser treats specially (a "From " line, a continuation first, a field
+    without a name) is still handed to it.
     """
-    lines = [line + "\r\n" for line in _text(block[:-4]).split("\r\n")] if len(block) > 2 else []
-    if lines and (lines[0][0] in " \t" or any(line.startswith(("From ", ":")) for line in lines)):
+    fields = _FIELD_BREAK.split(_text(block[:-4])) if len(block) > 2 else []
+    if fields and (fields[0][0] in " \t" or any(f.startswith(("From ", ":")) for f in fields)):
         return email.parser.BytesParser(policy=email.policy.compat32).parsebytes(block, headersonly=True)
     msg = Message(policy=email.policy.compat32)
-    fields: list[list[str]] = []
-    for line in lines:
-        if line[0] in " \t":
-            fields[-1].append(line)
-        else:
-            fields.append([line])
-    for source in fields:
-        msg.set_raw(*email.policy.compat32.header_source_parse(source))
+    for field in fields:
+        msg.set_raw(*email.policy.compat32.header_source_parse([field]))
     return msg
 
 

@@ -34,6 +34,7 @@ from relayguard.errors import ScanUnavailableError
 from relayguard.extract.base import NeedsWorkerError
 from relayguard.log import get_logger
 from relayguard.malloc import return_large_buffers
+from relayguard.message import header_end
 from relayguard.policy import engine
 from relayguard.policy.loader import LoadedPolicy
 
@@ -119,10 +120,7 @@ class ScanPool:
             self._restart()
 
     def _inline(self, raw: bytes) -> bool:
-        if len(raw) > self.settings.inline_max_bytes:
-            return False
-        return (len(raw) <= INLINE_MAX_HEADER_BYTES
-                or raw.find(b"\r\n\r\n", 0, INLINE_MAX_HEADER_BYTES) >= 0)
+        return len(raw) <= self.settings.inline_max_bytes and header_end(raw) <= INLINE_MAX_HEADER_BYTES
 
     async def decide(self, raw: bytes, envelope: Envelope, submitter: Submitter,
                      policy: LoadedPolicy) -> tuple[Decision, float]:

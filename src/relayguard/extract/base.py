@@ -37,8 +37,8 @@ class UnscannableError(RelayguardError):
 class BudgetExceededError(UnscannableError):
     """The time budget for the message is spent; scanning stops everywhere."""
 
-    def __init__(self) -> None:
-        super().__init__("time budget exceeded")
+    def __init__(self, reason: str = "time budget exceeded") -> None:
+        super().__init__(reason)
 
 
 _DIGITS = "0123456789"
@@ -103,9 +103,6 @@ class NeedsWorkerError(BudgetExceededError):
     """Raised only by an inline budget: the message holds a format that may cost far more than
     its size suggests, or the slice of time the event loop gives it is spent. No finding comes
     of it; the scan is started again, from the beginning, in a worker."""
-
-    def __init__(self, why: str) -> None:
-        UnscannableError.__init__(self, why)
 
 
 class Work(Protocol):
