@@ -8,6 +8,7 @@ name). Inside a nested message the same names hang below the attachment's place:
 
 from __future__ import annotations
 
+import binascii
 import email
 import email.policy
 import importlib
@@ -15,6 +16,8 @@ from collections.abc import Callable, Iterator
 from email.errors import HeaderParseError, MessageDefect
 from email.header import decode_header, make_header
 from email.message import Message
+
+import pybase64
 
 from relayguard.extract.base import Budget, Dispatch, Item, Problem, Source, TextUnit, UnscannableError
 from relayguard.extract.text import extract_html, extract_text
@@ -88,8 +91,21 @@ def _leaf(part: Message, *, prefix: str, index: int, level: int, budget: Budget,
     yield from dispatch(Source(data, where, name=name, ctype=ctype, depth=level, charset=charset), budget)
 
 # The decoder compat32's get_payload uses for base64 (a private module, so looked up by name).
-_decode_b: Callable[[bytes], tuple[bytes, list[MessageDefect]]] = (
+_email_decode_b: Callable[[bytes], tuple[bytes, list[MessageDefect]]] = (
     importlib.import_module("email._encoded_words").decode_b)
+
+
+def _decode_b(encoded: bytes) -> tuple[bytes, list[MessageDefect]]:
+    """email's ``decode_b``, whose first try is a strict decode of correctly padded input: here
+    pybase64's SIMD decoder makes that try (~40x binascii's speed; binascii was 14 % of the
+    relay's CPU at 100 KiB). Input it refuses goes to ``decode_b`` itself, for the same value
+    and the same defects (``tests/extract/test_base64.py`` compares them)."""
+    if len(encoded) % 4 == 0:
+        try:
+            return pybase64.b64decode(encoded, validate=True), []
+        except binascii.Error:
+            pass
+    return _email_decode_b(encoded)
 
 
 def _decode_base64(part: Message, raw: str) -> bytes | None:

@@ -83,13 +83,16 @@ def _text_flavour(head: bytes, *, name: str, ctype: str) -> Format:
     return Format.TEXT
 
 
+_CONTROLS = bytes((*range(1, 9), 14, 15, 16, 17, 18, 19, 20, 26, 27))
+
+
 def _looks_like_text(head: bytes) -> bool:
     if not head:
         return True
     if b"\x00" in head and not _is_utf16(head):
         return False
     # Control bytes other than tab/newline/CR/FF are rare in text and common in binaries.
-    controls = sum(head.count(bytes([c])) for c in (*range(1, 9), 14, 15, 16, 17, 18, 19, 20, 26, 27))
+    controls = len(head) - len(head.translate(None, _CONTROLS))  # one pass, not one per byte value
     return controls * 50 < len(head)
 
 
