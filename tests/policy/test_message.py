@@ -6,14 +6,18 @@ import email
 import email.feedparser
 import email.parser
 import email.policy
+import re
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from relayguard.config import ScanSettings
 from relayguard.decision import Envelope
 from relayguard.message import (
     feed_parse,
     filename_of,
+    header_end,
     hidden_recipients,
     parse_message,
     split_header_block,
@@ -159,3 +163,16 @@ def test_fed_in_pieces_the_parser_sees_what_it_sees_whole(raw: bytes, chunk: int
 def test_filename_of_answers_as_get_filename_does(headers: str) -> None:
     part = email.message_from_bytes((headers + "\r\nbody\r\n").encode())
     assert filename_of(part) == part.get_filename()
+
+
+# What header_end() answers, as a regex: the first line that is empty (CRLF or LF alone).
+_BLANK_LINE = re.compile(rb"(?:\A|\n)(\r?\n)")
+
+
+@settings(max_examples=800)
+@given(st.lists(st.sampled_from([b"\r\n", b"\n", b"\r", b"a", b"b: c", b" ", b"\r\n\r\n", b"\n\n"]),
+                max_size=24))
+def test_header_end_is_the_first_empty_line(pieces: list[bytes]) -> None:
+    raw = b"".join(pieces)
+    m = _BLANK_LINE.search(raw)
+    assert header_end(raw) == (m.start(1) if m else len(raw))
