@@ -118,6 +118,20 @@ def test_same_content_reply_and_leftover_as_aiosmtpd(body: bytes, cuts: list[int
     assert relay == plain
 
 
+@settings(max_examples=300, deadline=None)
+@given(lengths=st.lists(st.integers(min_value=0, max_value=LINE_LIMIT + 4), max_size=4),
+       tail=st.sampled_from([b"", b"\r", b"a.", b"\n"]),
+       cuts=st.lists(st.integers(min_value=0), max_size=6))
+def test_lines_around_the_length_limit_get_what_aiosmtpd_gives(lengths: list[int], tail: bytes,
+                                                               cuts: list[int]) -> None:
+    """Lines a few bytes either side of the limit, cut anywhere: the chunk reader steps from line
+    to line as far as the limit reaches. (Four of them may cross the size limit too.)"""
+    body = b"".join(b"." * (n % 3 == 0) + b"a" * n + b"\r\n" for n in lengths) + tail
+    data = body + b"\r\n.\r\nQUIT\r\n"
+    plain, relay = _both(_cut(data, cuts))
+    assert relay == plain
+
+
 def test_terminator_split_at_every_boundary() -> None:
     """The end of data is found wherever the reads split it, and the rest is left for commands."""
     data = b"Subject: x\r\n\r\n..dot\r\nbody\r\n.\r\nQUIT\r\n"
