@@ -87,7 +87,8 @@ class SessionLimiter:
 
 class RelaySMTP(SMTP):
     def __init__(self, handler: RelayHandler, *, settings: SmtpSettings, verify: Verifier,
-                 limiter: SessionLimiter, tls_context: ssl.SSLContext | None) -> None:
+                 limiter: SessionLimiter, tls_context: ssl.SSLContext | None,
+                 loop: asyncio.AbstractEventLoop | None = None) -> None:
         # Read by SMTP.__init__ to size the stream reader: longer DATA lines get 500.
         self.line_length_limit = settings.max_line_length + 2
         super().__init__(
@@ -104,6 +105,9 @@ class RelaySMTP(SMTP):
             authenticator=_extract_only,
             timeout=settings.timeout,
             command_call_limit={"AUTH": 5, "*": 10000},
+            # Without it aiosmtpd looks the loop up, under warnings.catch_warnings(), for every
+            # connection.
+            loop=loop,
         )
         self._verify = verify
         self._limiter = limiter
@@ -262,5 +266,6 @@ async def start_server(handler: RelayHandler, *, settings: SmtpSettings, verify:
     ctx = tls_context(settings)
     loop = asyncio.get_running_loop()
     return await loop.create_server(
-        lambda: RelaySMTP(handler, settings=settings, verify=verify, limiter=limiter, tls_context=ctx),
+        lambda: RelaySMTP(handler, settings=settings, verify=verify, limiter=limiter, tls_context=ctx,
+                          loop=loop),
         host=host, port=port, reuse_address=True, reuse_port=reuse_port or None)
