@@ -73,7 +73,9 @@ class DataScanner:
         tail = self._tail
         end = (tail + chunk[:4]).find(TERMINATOR)  # one starting in the previous chunk comes first
         if end >= 0:
-            end, stuffed = end + len(TERMINATOR) - len(tail), False  # nothing of chunk is content
+            # At most chunk's first byte is content (an LF ending the line before the "."): no
+            # dot-stuffed line can be in it.
+            end, stuffed = end + len(TERMINATOR) - len(tail), False
         else:
             end, stuffed = _end_of_data(chunk)
         if end < 0:
