@@ -14,6 +14,7 @@ loop helps no one.
 from __future__ import annotations
 
 import contextlib
+import multiprocessing.util
 import os
 import signal
 import sys
@@ -51,6 +52,11 @@ class Supervisor:
             try:
                 code = self.run_child(index)
             finally:
+                # What interpreter exit does and os._exit skips: multiprocessing's finalizers
+                # (its own Process calls this private function the same way). Without them the
+                # scan pool's semaphores stay registered, and the resource tracker outlived the
+                # relay, then warned of them as leaked.
+                multiprocessing.util._exit_function()  # type: ignore[attr-defined]
                 sys.stdout.flush()
                 sys.stderr.flush()
                 os._exit(code)

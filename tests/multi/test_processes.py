@@ -105,17 +105,33 @@ async def test_a_killed_process_is_replaced_and_its_mail_delivered(
     assert "supervisor.child_died" in relay.log.read_text()
 
 
+def _descendants(pid: int) -> set[int]:
+    found, todo = set(), [pid]
+    while todo:
+        for child in _children(todo.pop()):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
 async def test_sigterm_stops_every_process(store_url: str, sink: Sink, tmp_path: Path) -> None:
+    """Relays, their scan pools' forkservers and workers all exit, and cleanly: no semaphore
+    is left for multiprocessing's resource tracker to call leaked."""
     relay = _relay(store_url, sink, tmp_path)
+    relay.env["RELAYGUARD_SCAN__WORKERS"] = "1"
     await relay.start()
     assert relay.proc is not None
     await _until(lambda: _listening(relay.log) == 2)
-    children = _children(relay.proc.pid)
+    # Two relays, each with a forkserver, its worker and a resource tracker.
+    await _until(lambda: len(_descendants(relay.proc.pid)) >= 8)
+    processes = _descendants(relay.proc.pid)
     relay.proc.send_signal(signal.SIGTERM)
     await _until(lambda: relay.proc.poll() is not None)
     assert relay.proc.returncode == 0
-    for pid in children:
-        assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+    for pid in processes:
+        await _until(lambda pid=pid: not Path(f"/proc/{pid}").exists()  # type: ignore[misc]
+                     or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2], timeout=10)
+    assert "leaked" not in relay.log.read_text()
 
 
 async def test_a_process_that_cannot_start_stops_the_serve(
