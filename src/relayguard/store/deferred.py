@@ -9,7 +9,8 @@ which under load waits behind everything else the loop has to do (profiled at 10
 * :func:`insert_at_commit`: append-only rows nobody reads back in the same transaction (new
   messages, their bytes) are inserted at the commit, one ``executemany`` a table;
 * :func:`chain_at_commit`: rows of a hash chain (the audit trail) are linked at the commit too,
-  after the chain's last row is read there: the chain is locked only from then to the commit;
+  after every other write and after the chain's last row is read there: the chain is locked
+  only from then to the commit;
 * :func:`update_at_commit`: in a group commit, an UPDATE that must change exactly one row (a
   delivery outcome, which holds only while its sender still has the lease) is taken to succeed
   and runs at the commit. If it changes no row there, :class:`LostUpdateError` fails the batch,
@@ -180,13 +181,20 @@ async def flush(conn: AsyncConnection) -> None:
         return
     if conn.dialect.name == "sqlite" and await _flush_sqlite(conn, waiting, None):
         return
-    for chain in waiting.chains:
-        await _link(conn, chain, waiting.inserts[chain.table])
+    # The chains last: on PostgreSQL their lock serialises every instance's commits, so it is
+    # taken only after everything else is written and held for the tail, the chain's rows and
+    # the COMMIT (taken first, it was held over every other statement too; two processes'
+    # batches then queued behind each other).
+    chained = {chain.table for chain in waiting.chains}
     for table, rows in waiting.inserts.items():
-        await conn.execute(insert(table), rows)
+        if table not in chained:
+            await conn.execute(insert(table), rows)
     for stmt, params in waiting.updates:
         if (await conn.execute(stmt, params)).rowcount != 1:
             raise LostUpdateError
+    for chain in waiting.chains:
+        await _link(conn, chain, waiting.inserts[chain.table])
+        await conn.execute(insert(chain.table), waiting.inserts[chain.table])
 
 
 @contextlib.contextmanager
