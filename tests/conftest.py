@@ -92,10 +92,17 @@ async def sink() -> AsyncIterator[Sink]:
     await s.stop()
 
 
-def _backends() -> list[Any]:
-    pg = pytest.param("postgres", marks=pytest.mark.skipif(
+def _postgres() -> Any:
+    return pytest.param("postgres", marks=pytest.mark.skipif(
         not PG_URL, reason="RELAYGUARD_TEST_PG_URL not set: PostgreSQL backend not tested"))
-    return ["sqlite", pg]
+
+
+def _backends() -> list[Any]:
+    return ["sqlite", _postgres()]
+
+
+# For a test of what only the PostgreSQL backend does: its ``store_url`` (and ``store``) is that one.
+PG_ONLY = pytest.mark.parametrize("store_url", [_postgres()], indirect=True)
 
 
 @pytest.fixture(params=_backends())

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import event, text
@@ -17,6 +18,7 @@ from relayguard.decision import DELIVER_UNCHANGED, Envelope, Submitter, Submitte
 from relayguard.errors import ConflictError
 from relayguard.store import State, Store, deferred, open_store
 from relayguard.store import tables as t
+from tests.conftest import PG_ONLY
 from tests.relay.test_relay_core import PLAIN
 
 ENVELOPE = Envelope("a@example.org", ("b@example.org",))
@@ -31,23 +33,24 @@ async def _leased(store: Store, count: int) -> list[str]:
     return ids
 
 
+async def _finish(store: Store, queue_id: str) -> bool:
+    async def work(conn: AsyncConnection) -> bool:  # as the delivery worker records an outcome
+        owned = await store.finish_attempt(queue_id, "me", state=State.DELIVERED, results={},
+                                           next_attempt_at=None, error=None, conn=conn)
+        if owned:
+            await audit.append(conn, at=store.clock.now(), actor="relayguard",
+                               action="delivered", obj=queue_id)
+        return owned
+    return await store.batched(work)
+
+
 async def test_a_lost_lease_in_a_group_commit_is_seen_and_the_others_commit(store: Store) -> None:
     ids = await _leased(store, 3)
     # Another instance took the middle one over (its lease had run out there).
     await store.execute(text("UPDATE messages SET lease_owner = 'other' WHERE id = :id"),
                         params={"id": ids[1]})
 
-    async def finish(queue_id: str) -> bool:
-        async def work(conn):  # as the delivery worker records an outcome
-            owned = await store.finish_attempt(queue_id, "me", state=State.DELIVERED, results={},
-                                               next_attempt_at=None, error=None, conn=conn)
-            if owned:
-                await audit.append(conn, at=store.clock.now(), actor="relayguard",
-                                   action="delivered", obj=queue_id)
-            return owned
-        return await store.batched(work)
-
-    assert await asyncio.gather(*(finish(i) for i in ids)) == [True, False, True]
+    assert await asyncio.gather(*(_finish(store, i) for i in ids)) == [True, False, True]
     states = {m.id: (m.state, m.attempts) for m in await store.list_messages()}
     assert states == {ids[0]: (State.DELIVERED, 1), ids[1]: (State.QUEUED, 0),
                       ids[2]: (State.DELIVERED, 1)}
@@ -114,6 +117,41 @@ async def test_on_sqlite_a_group_commit_opens_no_transaction_while_its_works_run
         assert 1 <= len(begun) <= 5  # group-committed, in ordinary transactions
     else:
         assert not begun
+
+
+@PG_ONLY
+async def test_on_postgresql_a_group_commit_updates_every_outcome_in_one_statement(store: Store) -> None:
+    """Ten deliveries' outcomes and audit entries, committed together: asyncpg runs the UPDATE
+    once for all of them (a trip each was what SQLAlchemy's execute took), and nothing of the
+    group commit goes through SQLAlchemy's statements."""
+    ids = await _leased(store, 10)
+    through_sqlalchemy: list[str] = []
+    through_asyncpg: list[str] = []
+
+    def sqlalchemy_statement(_conn: object, _cursor: object, sql: str, *_: object) -> None:
+        through_sqlalchemy.append(sql)
+
+    def asyncpg_query(logged: Any) -> None:
+        through_asyncpg.append(logged.query)
+
+    def log_queries(dbapi_conn: Any, _record: object, _proxy: object) -> None:
+        dbapi_conn.driver_connection.add_query_logger(asyncpg_query)  # a set: added once
+
+    engine = store.engine.sync_engine
+    event.listen(engine, "before_cursor_execute", sqlalchemy_statement)
+    event.listen(engine, "checkout", log_queries)
+    try:
+        outcomes = await asyncio.gather(*(_finish(store, i) for i in ids))
+    finally:
+        event.remove(engine, "before_cursor_execute", sqlalchemy_statement)
+        event.remove(engine, "checkout", log_queries)
+    assert outcomes == [True] * 10
+    assert {m.state for m in await store.list_messages()} == {State.DELIVERED}
+    assert sorted(e.object for e in await audit.entries(store, action="delivered")) == sorted(ids)
+    assert (await audit.verify(store))[0]
+    assert through_sqlalchemy == []
+    updates = [q for q in through_asyncpg if q.startswith("UPDATE messages")]
+    assert 1 <= len(updates) < len(ids)  # one a batch, however the ten fell into batches
 
 
 async def test_a_work_that_runs_its_own_statement_still_commits_once(store: Store) -> None:

@@ -6,15 +6,12 @@ import asyncio
 
 import aiosmtplib
 import asyncpg
-import pytest
 from sqlalchemy import text
 
 from relayguard.store import State, Store
 from relayguard.store.postgres import APPLICATION_NAME
-from tests.conftest import PG_URL, Sink
+from tests.conftest import PG_ONLY, PG_URL, Sink
 
-PG_ONLY = pytest.mark.parametrize("store_url", [pytest.param("postgres", marks=pytest.mark.skipif(
-    not PG_URL, reason="RELAYGUARD_TEST_PG_URL not set"))], indirect=True)
 RAW = b"From: a@oakfield-surgery.nhs.uk\r\nTo: b@nhs.net\r\nSubject: times\r\n\r\nThursday.\r\n"
 
 

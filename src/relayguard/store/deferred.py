@@ -23,24 +23,29 @@ open, and BEGIN, the writes and COMMIT all happen in that one trip, so SQLite's 
 lock is held only while the database thread works, never while the event loop gets round to
 the next statement. With several relay processes on one file that lock was the bottleneck:
 held ~4 ms a batch, it was held nearly all the time (profiled, 2 processes, 1 KiB messages).
+
+On PostgreSQL what waits goes through asyncpg's own calls (:func:`_flush_asyncpg`): one trip
+a statement however many rows it writes, the updates of a batch included. Under load a group
+commit held about nine accepts and nine deliveries: that took it from sixteen trips to eight,
+and one relay process from ~600 to ~760 messages/s (1 KiB, paired runs).
 """
 
 from __future__ import annotations
 
 import contextlib
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Protocol, runtime_checkable
 
-from sqlalchemy import Select, Table, insert, text
+from sqlalchemy import Select, Table, insert, literal_column, text
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.dml import Update
 
-from relayguard.errors import StoreError
+from relayguard.errors import ConflictError, StoreError
 
 # conn.info key (the DBAPI connection's, kept across checkouts: hence the transaction check).
 _DEFERRED = "relayguard.deferred"
@@ -181,6 +186,8 @@ async def flush(conn: AsyncConnection) -> None:
         return
     if conn.dialect.name == "sqlite" and await _flush_sqlite(conn, waiting, None):
         return
+    if conn.dialect.driver == "asyncpg" and await _flush_asyncpg(conn, waiting):
+        return
     # The chains last: on PostgreSQL their lock serialises every instance's commits, so it is
     # taken only after everything else is written and held for the tail, the chain's rows and
     # the COMMIT (taken first, it was held over every other statement too; two processes'
@@ -224,7 +231,8 @@ async def commit_in_one_trip(conn: AsyncConnection, lock: TripLock) -> None:
 
 # -- SQLite: one trip to the database thread ------------------------------------------------
 
-_Plan = list[tuple[str, tuple[str, ...], list[dict[str, Any]], bool]]  # SQL, names, rows, one row each
+_Step = tuple[str, tuple[str, ...], list[dict[str, Any]], bool]  # SQL, names, rows, one row each
+_Plan = list[_Step]
 
 
 async def _flush_sqlite(conn: AsyncConnection, waiting: _Waiting, lock: TripLock | None) -> bool:
@@ -251,19 +259,35 @@ async def _flush_sqlite(conn: AsyncConnection, waiting: _Waiting, lock: TripLock
     return True
 
 
-def _plan(dialect: Dialect, waiting: _Waiting) -> _Plan | None:
+def _plan(dialect: Dialect, waiting: _Waiting, *, leave: frozenset[Table] = frozenset(),
+          returning: bool = False) -> _Plan | None:
+    """The statements for everything waiting but the inserts into ``leave``; None if one cannot
+    be run as compiled here. Consecutive updates by one statement make one entry. With
+    ``returning``, updates return a row for each row they change."""
     plan: _Plan = []
     for table, rows in waiting.inserts.items():
-        compiled = _compiled_insert(dialect, table, frozenset(rows[0]))
-        if compiled is None or any(row.keys() != rows[0].keys() for row in rows):
-            return None  # a column SQLAlchemy would fill, or rows unlike the first: left to it
-        plan.append((*compiled, rows, False))
+        if table in leave:
+            continue
+        entry = _insert_entry(dialect, table, rows)
+        if entry is None:
+            return None
+        plan.append(entry)
     for stmt, params in waiting.updates:
-        sql, names, fixed = _compiled_update(dialect, stmt)
+        sql, names, fixed = _compiled_update(dialect, _returning_a_row(stmt) if returning else stmt)
         if not set(names) <= params.keys() | fixed.keys():
             return None
-        plan.append((sql, names, [{**fixed, **params}], True))
+        if plan and plan[-1][0] == sql:
+            plan[-1][2].append({**fixed, **params})
+        else:
+            plan.append((sql, names, [{**fixed, **params}], True))
     return plan
+
+
+def _insert_entry(dialect: Dialect, table: Table, rows: list[dict[str, Any]]) -> _Step | None:
+    compiled = _compiled_insert(dialect, table, frozenset(rows[0]))
+    if compiled is None or any(row.keys() != rows[0].keys() for row in rows):
+        return None  # a column SQLAlchemy would fill, or rows unlike the first: left to it
+    return (*compiled, rows, False)
 
 
 @lru_cache(maxsize=64)
@@ -287,6 +311,11 @@ def _compiled_update(dialect: Dialect, stmt: Update) -> tuple[str, tuple[str, ..
     names = tuple(compiled.positiontup or ())
     fixed = {name: bind.effective_value for name, bind in compiled.binds.items() if not bind.required}
     return str(compiled), names, fixed
+
+
+@lru_cache(maxsize=64)
+def _returning_a_row(stmt: Update) -> Update:
+    return stmt.returning(literal_column("1"))
 
 
 @lru_cache(maxsize=8)
@@ -326,3 +355,67 @@ def _run_plan(db: sqlite3.Connection, tails: _Tails, plan: _Plan) -> None:
                     raise LostUpdateError
     finally:
         cursor.close()
+
+
+# -- PostgreSQL: asyncpg's own calls, one trip a statement ---------------------------------------
+
+async def _flush_asyncpg(conn: AsyncConnection, waiting: _Waiting) -> bool:
+    """Everything waiting, through asyncpg's own calls; False (nothing done) when a statement
+    cannot be run that way, and the caller runs it through SQLAlchemy.
+
+    Each statement is one trip whatever the batch's size: the updates of a group commit go in
+    one ``fetchmany`` whose RETURNING rows are counted. Through SQLAlchemy each update was a
+    trip of its own (it cannot count the rows an executemany changes): nine of a typical
+    batch's sixteen trips. asyncpg's calls also skip
+    SQLAlchemy's per-statement and per-row work on the event loop. As on SQLite, the parameters
+    go as they are: no column the store writes has a bind processor in this dialect."""
+    driver = (await conn.get_raw_connection()).driver_connection
+    leave = frozenset(chain.table for chain in waiting.chains)
+    plan = _plan(conn.dialect, waiting, leave=leave, returning=True)
+    links = [_insert_entry(conn.dialect, chain.table, waiting.inserts[chain.table])
+             for chain in waiting.chains]
+    if plan is None or driver is None:
+        return False
+    chained = [(chain, link) for chain, link in zip(waiting.chains, links, strict=True) if link]
+    if len(chained) != len(links):
+        return False
+    with _asyncpg_errors():
+        async with _transaction(driver):
+            for sql, names, rows, one_row_each in plan:
+                values = [tuple(row[n] for n in names) for row in rows]
+                if not one_row_each:
+                    await driver.executemany(sql, values)
+                elif len(await driver.fetchmany(sql, values)) != len(values):
+                    raise LostUpdateError  # each changes at most one row: one changed none
+            # The chains last, as in flush(): their lock is held from here to the commit.
+            for chain, (sql, names, rows, _) in chained:
+                if lock := chain.lock_sql.get(conn.dialect.name):
+                    await driver.execute(lock)
+                chain.link(await driver.fetchrow(_compiled_tail(conn.dialect, chain)), rows)
+                await driver.executemany(sql, [tuple(row[n] for n in names) for row in rows])
+    return True
+
+
+@contextlib.asynccontextmanager
+async def _transaction(driver: Any) -> AsyncIterator[None]:
+    """The transaction the statements run in. If SQLAlchemy began one (a work ran a statement
+    of its own), it is that one, which Store.begin() commits. If not, asyncpg begins one and
+    commits it here, and SQLAlchemy, which never sent a BEGIN, has nothing left to commit."""
+    if driver.is_in_transaction():
+        yield
+        return
+    async with driver.transaction():
+        yield
+
+
+@contextlib.contextmanager
+def _asyncpg_errors() -> Iterator[None]:
+    """asyncpg's errors as the store's own, as Store.begin() reports SQLAlchemy's."""
+    import asyncpg  # noqa: PLC0415 - only where the PostgreSQL backend is used
+
+    try:
+        yield
+    except asyncpg.IntegrityConstraintViolationError as exc:
+        raise ConflictError(f"conflicting change: {exc}") from exc
+    except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        raise StoreError(f"store unavailable: {exc}") from exc
