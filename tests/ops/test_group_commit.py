@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from relayguard import audit
 from relayguard.decision import DELIVER_UNCHANGED, Envelope, Submitter, SubmitterKind
 from relayguard.errors import ConflictError
-from relayguard.store import State, Store, deferred, open_store
+from relayguard.store import State, Store, deferred, open_store, pgcopy
 from relayguard.store import tables as t
 from tests.conftest import PG_ONLY
 from tests.relay.test_relay_core import PLAIN
@@ -119,20 +120,22 @@ async def test_on_sqlite_a_group_commit_opens_no_transaction_while_its_works_run
         assert not begun
 
 
-@PG_ONLY
-async def test_on_postgresql_a_group_commit_updates_every_outcome_in_one_statement(store: Store) -> None:
-    """Ten deliveries' outcomes and audit entries, committed together: asyncpg runs the UPDATE
-    once for all of them (a trip each was what SQLAlchemy's execute took), and nothing of the
-    group commit goes through SQLAlchemy's statements."""
-    ids = await _leased(store, 10)
-    through_sqlalchemy: list[str] = []
-    through_asyncpg: list[str] = []
+@dataclass
+class _Statements:
+    through_sqlalchemy: list[str] = field(default_factory=list)
+    through_asyncpg: list[tuple[str, Any]] = field(default_factory=list)  # (query, args); no COPY
+
+
+@contextlib.contextmanager
+def _statements(store: Store) -> Iterator[_Statements]:
+    """The statements the store runs meanwhile, by the way they went (PostgreSQL)."""
+    seen = _Statements()
 
     def sqlalchemy_statement(_conn: object, _cursor: object, sql: str, *_: object) -> None:
-        through_sqlalchemy.append(sql)
+        seen.through_sqlalchemy.append(sql)
 
     def asyncpg_query(logged: Any) -> None:
-        through_asyncpg.append(logged.query)
+        seen.through_asyncpg.append((logged.query, logged.args))
 
     def log_queries(dbapi_conn: Any, _record: object, _proxy: object) -> None:
         dbapi_conn.driver_connection.add_query_logger(asyncpg_query)  # a set: added once
@@ -141,17 +144,66 @@ async def test_on_postgresql_a_group_commit_updates_every_outcome_in_one_stateme
     event.listen(engine, "before_cursor_execute", sqlalchemy_statement)
     event.listen(engine, "checkout", log_queries)
     try:
-        outcomes = await asyncio.gather(*(_finish(store, i) for i in ids))
+        yield seen
     finally:
         event.remove(engine, "before_cursor_execute", sqlalchemy_statement)
         event.remove(engine, "checkout", log_queries)
+
+
+@PG_ONLY
+async def test_on_postgresql_a_group_commit_updates_every_outcome_in_one_statement(store: Store) -> None:
+    """Ten deliveries' outcomes and audit entries, committed together: asyncpg runs the UPDATE
+    once for all of them (a trip each was what SQLAlchemy's execute took), and nothing of the
+    group commit goes through SQLAlchemy's statements."""
+    ids = await _leased(store, 10)
+    with _statements(store) as seen:
+        outcomes = await asyncio.gather(*(_finish(store, i) for i in ids))
     assert outcomes == [True] * 10
     assert {m.state for m in await store.list_messages()} == {State.DELIVERED}
     assert sorted(e.object for e in await audit.entries(store, action="delivered")) == sorted(ids)
     assert (await audit.verify(store))[0]
-    assert through_sqlalchemy == []
-    updates = [q for q in through_asyncpg if q.startswith("UPDATE messages")]
+    assert seen.through_sqlalchemy == []
+    updates = [q for q, _ in seen.through_asyncpg if q.startswith("UPDATE messages")]
     assert 1 <= len(updates) < len(ids)  # one a batch, however the ten fell into batches
+
+
+LARGE = b"Subject: scans\r\n\r\n" + bytes(range(256)) * (3 << 12)  # 3 MiB, every byte value
+
+
+@PG_ONLY
+async def test_on_postgresql_a_large_message_goes_in_by_copy_with_its_neighbours(store: Store) -> None:
+    """A body over pgcopy.COPY_MIN_BYTES is streamed by COPY (asyncpg would hold four copies of
+    it to bind it), in the same transaction as the small messages committed with it."""
+    async def accepting_large(conn: AsyncConnection) -> str:
+        return await store.accept(raw=LARGE, envelope=ENVELOPE, submitter=WHO,
+                                  decision=DELIVER_UNCHANGED, conn=conn)
+
+    assert len(LARGE) > pgcopy.COPY_MIN_BYTES
+    with _statements(store) as seen:
+        small, large, other = await asyncio.gather(store.batched(_accepting(store)),
+                                                   store.batched(accepting_large),
+                                                   store.batched(_accepting(store)))
+    assert await store.raw_of(large) == LARGE
+    assert await store.raw_of(small) == await store.raw_of(other) == PLAIN
+    bound = [args for q, args in seen.through_asyncpg if q.startswith("INSERT INTO message_bodies")]
+    assert bound  # the small ones' bodies, in an executemany
+    assert not any(LARGE in row for args in bound for row in args)  # not the large one's
+    assert (await store.get(large, with_raw=False)).size == len(LARGE)
+
+
+@PG_ONLY
+async def test_on_postgresql_a_large_body_that_conflicts_fails_alone(store: Store) -> None:
+    taken = await store.batched(_accepting(store))
+
+    async def duplicate(conn: AsyncConnection) -> str:
+        await deferred.insert_at_commit(conn, t.message_bodies, {"id": taken, "raw": LARGE})
+        return taken
+
+    results = await asyncio.gather(store.batched(_accepting(store)), store.batched(duplicate),
+                                   return_exceptions=True)
+    assert isinstance(results[1], ConflictError)
+    assert await store.raw_of(taken) == PLAIN
+    assert len(await store.list_messages()) == 2
 
 
 async def test_a_work_that_runs_its_own_statement_still_commits_once(store: Store) -> None:

@@ -46,6 +46,7 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.dml import Update
 
 from relayguard.errors import ConflictError, StoreError
+from relayguard.store import pgcopy
 
 # conn.info key (the DBAPI connection's, kept across checkouts: hence the transaction check).
 _DEFERRED = "relayguard.deferred"
@@ -366,34 +367,53 @@ async def _flush_asyncpg(conn: AsyncConnection, waiting: _Waiting) -> bool:
     Each statement is one trip whatever the batch's size: the updates of a group commit go in
     one ``fetchmany`` whose RETURNING rows are counted. Through SQLAlchemy each update was a
     trip of its own (it cannot count the rows an executemany changes): nine of a typical
-    batch's sixteen trips. asyncpg's calls also skip
-    SQLAlchemy's per-statement and per-row work on the event loop. As on SQLite, the parameters
-    go as they are: no column the store writes has a bind processor in this dialect."""
+    batch's sixteen trips. asyncpg's calls also skip SQLAlchemy's per-statement and per-row
+    work on the event loop. As on SQLite, the parameters go as they are: no column the store
+    writes has a bind processor in this dialect. Rows with a large value go by COPY (pgcopy)."""
     driver = (await conn.get_raw_connection()).driver_connection
-    leave = frozenset(chain.table for chain in waiting.chains)
-    plan = _plan(conn.dialect, waiting, leave=leave, returning=True)
-    links = [_insert_entry(conn.dialect, chain.table, waiting.inserts[chain.table])
-             for chain in waiting.chains]
-    if plan is None or driver is None:
+    dialect = conn.dialect
+    updates = _plan(dialect, waiting, leave=frozenset(waiting.inserts), returning=True)
+    inserts = _insert_steps(dialect, waiting)
+    if driver is None or updates is None or inserts is None:
         return False
-    chained = [(chain, link) for chain, link in zip(waiting.chains, links, strict=True) if link]
-    if len(chained) != len(links):
-        return False
+    chained = {chain.table for chain in waiting.chains}
     with _asyncpg_errors():
         async with _transaction(driver):
-            for sql, names, rows, one_row_each in plan:
+            for table, step in inserts.items():
+                if table not in chained:
+                    await _insert_asyncpg(driver, dialect, table, step)
+            for sql, names, rows, _ in updates:
                 values = [tuple(row[n] for n in names) for row in rows]
-                if not one_row_each:
-                    await driver.executemany(sql, values)
-                elif len(await driver.fetchmany(sql, values)) != len(values):
+                if len(await driver.fetchmany(sql, values)) != len(values):
                     raise LostUpdateError  # each changes at most one row: one changed none
             # The chains last, as in flush(): their lock is held from here to the commit.
-            for chain, (sql, names, rows, _) in chained:
-                if lock := chain.lock_sql.get(conn.dialect.name):
+            for chain in waiting.chains:
+                if lock := chain.lock_sql.get(dialect.name):
                     await driver.execute(lock)
-                chain.link(await driver.fetchrow(_compiled_tail(conn.dialect, chain)), rows)
-                await driver.executemany(sql, [tuple(row[n] for n in names) for row in rows])
+                chain.link(await driver.fetchrow(_compiled_tail(dialect, chain)),
+                           waiting.inserts[chain.table])
+                await _insert_asyncpg(driver, dialect, chain.table, inserts[chain.table])
     return True
+
+
+def _insert_steps(dialect: Dialect, waiting: _Waiting) -> dict[Table, _Step] | None:
+    steps = {}
+    for table, rows in waiting.inserts.items():
+        if (step := _insert_entry(dialect, table, rows)) is None:
+            return None
+        steps[table] = step
+    return steps
+
+
+async def _insert_asyncpg(driver: Any, dialect: Dialect, table: Table, step: _Step) -> None:
+    sql, names, rows, _ = step
+    encode = pgcopy.encoders(dialect, table, names) if any(map(pgcopy.is_large, rows)) else None
+    large = [row for row in rows if pgcopy.is_large(row)] if encode else []
+    small = [row for row in rows if not pgcopy.is_large(row)] if encode else rows
+    if small:
+        await driver.executemany(sql, [tuple(row[n] for n in names) for row in small])
+    if large and encode:
+        await pgcopy.copy_rows(driver, table, names, encode, large)
 
 
 @contextlib.asynccontextmanager
