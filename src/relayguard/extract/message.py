@@ -120,10 +120,42 @@ def _decode_base64(part: Message, raw: str) -> bytes | None:
     if part.is_multipart() or str(part.get("content-transfer-encoding", "")).lower() != "base64" \
             or not raw.isascii():
         return None
+    if len(raw) >= _LARGE_BASE64 and _strictly_valid(raw):
+        return binascii.a2b_base64(raw)  # see _strictly_valid
     value, defects = _decode_b(raw.encode("ascii").translate(None, b"\r\n"))
     for defect in defects:
         part.policy.handle_defect(part, defect)
     return value
+
+
+# From this size a payload is checked a slice at a time and decoded straight from the string:
+# the two whole copies of it that the translate above makes were, with the decoded bytes, the
+# peak of a worker scanning a 25 MB message (tracemalloc: 75 MiB over the message).
+_LARGE_BASE64 = 1 << 20
+_CHECK_SLICE = 1 << 20
+_ALPHABET_AND_BREAKS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/\r\n"
+
+
+def _strictly_valid(raw: str) -> bool:
+    """Whether ``raw`` less its line breaks is what the strict decode in :func:`_decode_b` takes
+    without a defect: whole quanta of alphabet characters, padding (at most two) only at the
+    end. Then binascii's lenient decode of ``raw`` itself, which skips the line breaks, gives the
+    same bytes, with no copy of the input. Checked a slice at a time."""
+    if (len(raw) - raw.count("\r") - raw.count("\n")) % 4:
+        return False
+    padding = 0
+    for start in range(0, len(raw), _CHECK_SLICE):
+        chunk = raw[start:start + _CHECK_SLICE].encode("ascii")
+        if padding:  # the padding began in an earlier slice: only more of it may follow
+            if chunk.translate(None, b"=\r\n"):
+                return False
+            padding += chunk.count(b"=")
+        elif rest := chunk.translate(None, _ALPHABET_AND_BREAKS):
+            first = chunk.index(b"=") if rest[:1] == b"=" else -1
+            if first < 0 or chunk[first:].translate(None, b"=\r\n"):
+                return False  # not the alphabet, or not only padding from the first "=" on
+            padding = len(rest)
+    return padding <= 2
 
 
 def _payload(part: Message, budget: Budget) -> bytes:
