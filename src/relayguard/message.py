@@ -93,6 +93,11 @@ class HeaderBlock:
         held for every parse would be 25 MB more in each process that reads it)."""
         return self.raw[self.body_at:]
 
+    def without_body(self) -> HeaderBlock:
+        """The same fields, keeping the header bytes only: what a parsed message keeps, so that
+        a scan worker need not hold the whole message while it scans (its ``body`` is empty)."""
+        return HeaderBlock(self.fields, self.raw[:self.body_at], self.body_at, self.newline)
+
     def get_all(self, lname: str) -> list[HeaderField]:
         return [f for f in self.fields if f.lname == lname]
 
@@ -229,7 +234,7 @@ class Attachment:
 class ParsedMessage:
     """Everything the policy reads from one message, built once by :func:`parse_message`."""
 
-    headers: HeaderBlock
+    headers: HeaderBlock  # without the body (HeaderBlock.without_body)
     msg: email.message.Message | None  # None when the stdlib parser gave up
     size: int
     visible: tuple[Recipient, ...]
@@ -352,7 +357,8 @@ def parse_message(raw: bytes, limits: ScanSettings) -> ParsedMessage:
         msg, attachments = None, []
         defects.append(Finding(kind=UNSCANNABLE, where="message",
                                reason=f"message structure could not be parsed ({type(exc).__name__})"))
-    return ParsedMessage(block, msg, len(raw), tuple(visible), tuple(defects), tuple(attachments))
+    return ParsedMessage(block.without_body(), msg, len(raw), tuple(visible), tuple(defects),
+                         tuple(attachments))
 
 
 def envelope_recipients(envelope: Envelope) -> list[Recipient]:

@@ -85,9 +85,10 @@ def decide_timed(raw: bytes | Spooled, envelope: Envelope, submitter: Submitter,
                  inline_slice: float | None = None) -> tuple[Decision, float]:
     """The engine's decision and the CPU seconds it took (in a worker, or inline)."""
     started = time.perf_counter()
-    data = raw.read() if isinstance(raw, Spooled) else raw
-    decision = engine.decide(data, envelope, submitter, policy, limits=limits,
-                             inline_slice=inline_slice)
+    # No local for the bytes read back: engine.decide then holds the only reference, and lets
+    # go of them once they are parsed, before the scan makes its own copies.
+    decision = engine.decide(raw.read() if isinstance(raw, Spooled) else raw, envelope, submitter,
+                             policy, limits=limits, inline_slice=inline_slice)
     return decision, time.perf_counter() - started
 
 

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from relayguard.config import ScanSettings
-from relayguard.message import parse_message
+from relayguard.message import parse_message, split_header_block
 from relayguard.mimesplit import MAX_DEPTH, split_message
 
 CORPUS = Path(__file__).parents[1] / "corpus"
@@ -190,3 +190,15 @@ def test_parse_message_gives_the_same_findings_either_way() -> None:
         parsed = parse_message(raw, limits)
         assert parsed.msg is not None
         assert tree(parsed.msg) == tree(stdlib(raw))
+
+
+def test_a_parsed_message_keeps_the_header_bytes_only() -> None:
+    """A scan worker lets go of a large message's bytes once it is parsed (engine.decide): the
+    parsed message keeps the header block's bytes, not the whole message's."""
+    raw = generated(3)
+    parsed = parse_message(raw, ScanSettings())
+    whole = split_header_block(raw)
+    assert parsed.headers.raw == raw[:whole.body_at]
+    assert parsed.headers.body == b""
+    assert parsed.headers.fields == whole.fields
+    assert parsed.headers.newline == whole.newline
