@@ -12,6 +12,7 @@ import dataclasses
 import json
 import secrets
 import sqlite3
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager
@@ -81,13 +82,27 @@ def _initial_state(decision: Decision) -> State:
 @contextlib.contextmanager
 def _reported() -> Iterator[None]:
     """Database failures as the store's own errors (the client hears 451). sqlite3's own come
-    from the statements deferred.py runs in aiosqlite's thread."""
+    from the statements deferred.py runs in aiosqlite's thread, asyncpg's from those it runs
+    through asyncpg's own calls."""
+    pg_conflict, pg_failure = _asyncpg_errors()
+    conflicts: tuple[type[Exception], ...] = (IntegrityError, sqlite3.IntegrityError, *pg_conflict)
+    failures: tuple[type[Exception], ...] = (OperationalError, DBAPIError, sqlite3.Error, OSError,
+                                             *pg_failure)
     try:
         yield
-    except (IntegrityError, sqlite3.IntegrityError) as exc:
+    except conflicts as exc:
         raise ConflictError(f"conflicting change: {getattr(exc, 'orig', exc)}") from exc
-    except (OperationalError, DBAPIError, sqlite3.Error, OSError) as exc:
+    except failures as exc:
         raise StoreError(f"store unavailable: {getattr(exc, 'orig', exc)}") from exc
+
+
+def _asyncpg_errors() -> tuple[tuple[type[Exception], ...], tuple[type[Exception], ...]]:
+    """asyncpg's conflict and other errors; none where nothing has imported asyncpg (then none
+    can be raised), so a SQLite-only relay need not import it."""
+    asyncpg = sys.modules.get("asyncpg")
+    if asyncpg is None:
+        return (), ()
+    return (asyncpg.IntegrityConstraintViolationError,), (asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
 # Execution option marking a transaction that may write. SQLite opens only those with BEGIN

@@ -45,7 +45,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.dml import Update
 
-from relayguard.errors import ConflictError, StoreError
+from relayguard.errors import StoreError
 from relayguard.store import pgcopy
 
 # conn.info key (the DBAPI connection's, kept across checkouts: hence the transaction check).
@@ -260,35 +260,36 @@ async def _flush_sqlite(conn: AsyncConnection, waiting: _Waiting, lock: TripLock
     return True
 
 
-def _plan(dialect: Dialect, waiting: _Waiting, *, leave: frozenset[Table] = frozenset(),
-          returning: bool = False) -> _Plan | None:
-    """The statements for everything waiting but the inserts into ``leave``; None if one cannot
-    be run as compiled here. Consecutive updates by one statement make one entry. With
-    ``returning``, updates return a row for each row they change."""
-    plan: _Plan = []
+def _plan(dialect: Dialect, waiting: _Waiting) -> _Plan | None:
+    """The statements for everything waiting; None if one cannot be run as compiled here."""
+    inserts = _insert_steps(dialect, waiting)
+    updates = _update_steps(dialect, waiting)
+    return None if inserts is None or updates is None else [*inserts.values(), *updates]
+
+
+def _insert_steps(dialect: Dialect, waiting: _Waiting) -> dict[Table, _Step] | None:
+    steps = {}
     for table, rows in waiting.inserts.items():
-        if table in leave:
-            continue
-        entry = _insert_entry(dialect, table, rows)
-        if entry is None:
-            return None
-        plan.append(entry)
+        compiled = _compiled_insert(dialect, table, frozenset(rows[0]))
+        if compiled is None or any(row.keys() != rows[0].keys() for row in rows):
+            return None  # a column SQLAlchemy would fill, or rows unlike the first: left to it
+        steps[table] = (*compiled, rows, False)
+    return steps
+
+
+def _update_steps(dialect: Dialect, waiting: _Waiting, *, returning: bool = False) -> _Plan | None:
+    """Consecutive updates by one statement make one step. With ``returning``, each returns a
+    row for each row it changes."""
+    steps: _Plan = []
     for stmt, params in waiting.updates:
         sql, names, fixed = _compiled_update(dialect, _returning_a_row(stmt) if returning else stmt)
         if not set(names) <= params.keys() | fixed.keys():
             return None
-        if plan and plan[-1][0] == sql:
-            plan[-1][2].append({**fixed, **params})
+        if steps and steps[-1][0] == sql:
+            steps[-1][2].append({**fixed, **params})
         else:
-            plan.append((sql, names, [{**fixed, **params}], True))
-    return plan
-
-
-def _insert_entry(dialect: Dialect, table: Table, rows: list[dict[str, Any]]) -> _Step | None:
-    compiled = _compiled_insert(dialect, table, frozenset(rows[0]))
-    if compiled is None or any(row.keys() != rows[0].keys() for row in rows):
-        return None  # a column SQLAlchemy would fill, or rows unlike the first: left to it
-    return (*compiled, rows, False)
+            steps.append((sql, names, [{**fixed, **params}], True))
+    return steps
 
 
 @lru_cache(maxsize=64)
@@ -372,47 +373,38 @@ async def _flush_asyncpg(conn: AsyncConnection, waiting: _Waiting) -> bool:
     writes has a bind processor in this dialect. Rows with a large value go by COPY (pgcopy)."""
     driver = (await conn.get_raw_connection()).driver_connection
     dialect = conn.dialect
-    updates = _plan(dialect, waiting, leave=frozenset(waiting.inserts), returning=True)
+    updates = _update_steps(dialect, waiting, returning=True)
     inserts = _insert_steps(dialect, waiting)
     if driver is None or updates is None or inserts is None:
         return False
     chained = {chain.table for chain in waiting.chains}
-    with _asyncpg_errors():
-        async with _transaction(driver):
-            for table, step in inserts.items():
-                if table not in chained:
-                    await _insert_asyncpg(driver, dialect, table, step)
-            for sql, names, rows, _ in updates:
-                values = [tuple(row[n] for n in names) for row in rows]
-                if len(await driver.fetchmany(sql, values)) != len(values):
-                    raise LostUpdateError  # each changes at most one row: one changed none
-            # The chains last, as in flush(): their lock is held from here to the commit.
-            for chain in waiting.chains:
-                if lock := chain.lock_sql.get(dialect.name):
-                    await driver.execute(lock)
-                chain.link(await driver.fetchrow(_compiled_tail(dialect, chain)),
-                           waiting.inserts[chain.table])
-                await _insert_asyncpg(driver, dialect, chain.table, inserts[chain.table])
+    # asyncpg's errors reach Store.begin(), which reports them as it does SQLAlchemy's.
+    async with _transaction(driver):
+        for table, step in inserts.items():
+            if table not in chained:
+                await _insert_asyncpg(driver, dialect, table, step)
+        for sql, names, rows, _ in updates:
+            values = [tuple(row[n] for n in names) for row in rows]
+            if len(await driver.fetchmany(sql, values)) != len(values):
+                raise LostUpdateError  # each changes at most one row: one changed none
+        # The chains last, as in flush(): their lock is held from here to the commit.
+        for chain in waiting.chains:
+            if lock := chain.lock_sql.get(dialect.name):
+                await driver.execute(lock)
+            chain.link(await driver.fetchrow(_compiled_tail(dialect, chain)),
+                       waiting.inserts[chain.table])
+            await _insert_asyncpg(driver, dialect, chain.table, inserts[chain.table])
     return True
-
-
-def _insert_steps(dialect: Dialect, waiting: _Waiting) -> dict[Table, _Step] | None:
-    steps = {}
-    for table, rows in waiting.inserts.items():
-        if (step := _insert_entry(dialect, table, rows)) is None:
-            return None
-        steps[table] = step
-    return steps
 
 
 async def _insert_asyncpg(driver: Any, dialect: Dialect, table: Table, step: _Step) -> None:
     sql, names, rows, _ = step
-    encode = pgcopy.encoders(dialect, table, names) if any(map(pgcopy.is_large, rows)) else None
-    large = [row for row in rows if pgcopy.is_large(row)] if encode else []
-    small = [row for row in rows if not pgcopy.is_large(row)] if encode else rows
+    large = [row for row in rows if pgcopy.is_large(row)]
+    encode = pgcopy.encoders(dialect, table, names) if large else None
+    small = rows if encode is None else [row for row in rows if not pgcopy.is_large(row)]
     if small:
         await driver.executemany(sql, [tuple(row[n] for n in names) for row in small])
-    if large and encode:
+    if encode is not None:
         await pgcopy.copy_rows(driver, table, names, encode, large)
 
 
@@ -427,15 +419,3 @@ async def _transaction(driver: Any) -> AsyncIterator[None]:
     async with driver.transaction():
         yield
 
-
-@contextlib.contextmanager
-def _asyncpg_errors() -> Iterator[None]:
-    """asyncpg's errors as the store's own, as Store.begin() reports SQLAlchemy's."""
-    import asyncpg  # noqa: PLC0415 - only where the PostgreSQL backend is used
-
-    try:
-        yield
-    except asyncpg.IntegrityConstraintViolationError as exc:
-        raise ConflictError(f"conflicting change: {exc}") from exc
-    except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-        raise StoreError(f"store unavailable: {exc}") from exc
