@@ -103,6 +103,8 @@ def _backends() -> list[Any]:
 
 # For a test of what only the PostgreSQL backend does: its ``store_url`` (and ``store``) is that one.
 PG_ONLY = pytest.mark.parametrize("store_url", [_postgres()], indirect=True)
+# The same for the SQLite backend.
+SQLITE_ONLY = pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
 
 
 @pytest.fixture(params=_backends())

@@ -19,7 +19,7 @@ from relayguard.decision import DELIVER_UNCHANGED, Envelope, Submitter, Submitte
 from relayguard.errors import ConflictError
 from relayguard.store import State, Store, deferred, open_store, pgcopy
 from relayguard.store import tables as t
-from tests.conftest import PG_ONLY
+from tests.conftest import PG_ONLY, SQLITE_ONLY
 from tests.relay.test_relay_core import PLAIN
 
 ENVELOPE = Envelope("a@example.org", ("b@example.org",))
@@ -124,11 +124,14 @@ async def test_on_sqlite_a_group_commit_opens_no_transaction_while_its_works_run
 class _Statements:
     through_sqlalchemy: list[str] = field(default_factory=list)
     through_asyncpg: list[tuple[str, Any]] = field(default_factory=list)  # (query, args); no COPY
+    # In aiosqlite's thread, as SQLite's trace callback reports them: the one-trip commits'
+    # statements included, which SQLAlchemy never sees.
+    through_sqlite3: list[str] = field(default_factory=list)
 
 
 @contextlib.contextmanager
 def _statements(store: Store) -> Iterator[_Statements]:
-    """The statements the store runs meanwhile, by the way they went (PostgreSQL)."""
+    """The statements the store runs meanwhile, by the way they went."""
     seen = _Statements()
 
     def sqlalchemy_statement(_conn: object, _cursor: object, sql: str, *_: object) -> None:
@@ -138,16 +141,25 @@ def _statements(store: Store) -> Iterator[_Statements]:
         seen.through_asyncpg.append((logged.query, logged.args))
 
     def log_queries(dbapi_conn: Any, _record: object, _proxy: object) -> None:
-        dbapi_conn.driver_connection.add_query_logger(asyncpg_query)  # a set: added once
+        if store.is_postgres:
+            dbapi_conn.driver_connection.add_query_logger(asyncpg_query)  # a set: added once
+        else:
+            dbapi_conn.run_async(lambda aio: aio.set_trace_callback(seen.through_sqlite3.append))
+
+    def stop_tracing(dbapi_conn: Any, _record: object) -> None:
+        if not store.is_postgres:
+            dbapi_conn.run_async(lambda aio: aio.set_trace_callback(None))
 
     engine = store.engine.sync_engine
     event.listen(engine, "before_cursor_execute", sqlalchemy_statement)
     event.listen(engine, "checkout", log_queries)
+    event.listen(engine, "checkin", stop_tracing)
     try:
         yield seen
     finally:
         event.remove(engine, "before_cursor_execute", sqlalchemy_statement)
         event.remove(engine, "checkout", log_queries)
+        event.remove(engine, "checkin", stop_tracing)
 
 
 @PG_ONLY
@@ -165,6 +177,47 @@ async def test_on_postgresql_a_group_commit_updates_every_outcome_in_one_stateme
     assert seen.through_sqlalchemy == []
     updates = [q for q, _ in seen.through_asyncpg if q.startswith("UPDATE messages")]
     assert 1 <= len(updates) < len(ids)  # one a batch, however the ten fell into batches
+
+
+@SQLITE_ONLY
+async def test_on_sqlite_a_group_commit_writes_each_table_and_the_outcomes_in_one_statement(
+        store: Store) -> None:
+    """Ten accepts, then ten outcomes, each lot committed together: sqlite3 lets go of the GIL
+    for every statement (executemany's every row too), and each time it waited for the event
+    loop's thread to give it back. So the rows of a table go in one INSERT and the outcomes in
+    one UPDATE ... FROM (VALUES ...), and they are all there, chained, afterwards."""
+    with _statements(store) as accepting:
+        ids = await asyncio.gather(*(store.batched(_accepting(store)) for _ in range(10)))
+    claimed = await store.claim("me", limit=10, lease=300)
+    assert sorted(m.id for m in claimed) == sorted(ids)
+    with _statements(store) as finishing:
+        outcomes = await asyncio.gather(*(_finish(store, i) for i in ids))
+
+    assert outcomes == [True] * 10
+    messages = await store.list_messages()
+    assert sorted(m.id for m in messages) == sorted(ids)
+    assert {(m.state, m.attempts) for m in messages} == {(State.DELIVERED, 1)}
+    assert [e.object for e in await audit.entries(store, action="decided")] == ids
+    assert sorted(e.object for e in await audit.entries(store, action="delivered")) == sorted(ids)
+    assert (await audit.verify(store))[0]
+    inserts = [s for s in accepting.through_sqlite3 if s.startswith("INSERT INTO messages ")]
+    assert 1 <= len(inserts) < len(ids)
+    updates = [s for s in finishing.through_sqlite3 if s.startswith("UPDATE messages")]
+    assert 1 <= len(updates) < len(ids)
+    assert any(" FROM (VALUES " in s for s in updates)
+
+
+@SQLITE_ONLY
+async def test_on_sqlite_two_outcomes_for_one_message_in_a_group_commit_are_run_one_by_one(
+        store: Store) -> None:
+    """One UPDATE ... FROM changes a row once however many of its rows name it: the count is
+    short, and the batch runs again work by work, where the second outcome finds no lease."""
+    [queue_id] = await _leased(store, 1)
+    assert sorted(await asyncio.gather(_finish(store, queue_id), _finish(store, queue_id))) == [
+        False, True]
+    [message] = await store.list_messages()
+    assert (message.state, message.attempts) == (State.DELIVERED, 1)
+    assert [e.object for e in await audit.entries(store, action="delivered")] == [queue_id]
 
 
 LARGE = b"Subject: scans\r\n\r\n" + bytes(range(256)) * (3 << 12)  # 3 MiB, every byte value

@@ -7,7 +7,7 @@ which under load waits behind everything else the loop has to do (profiled at 10
 0.5-8 ms a trip, 15 trips a batch, and the batch was what limited throughput). So:
 
 * :func:`insert_at_commit`: append-only rows nobody reads back in the same transaction (new
-  messages, their bytes) are inserted at the commit, one ``executemany`` a table;
+  messages, their bytes) are inserted at the commit, one statement a table;
 * :func:`chain_at_commit`: rows of a hash chain (the audit trail) are linked at the commit too,
   after every other write and after the chain's last row is read there: the chain is locked
   only from then to the commit;
@@ -17,7 +17,9 @@ which under load waits behind everything else the loop has to do (profiled at 10
   and ``Store.batched`` runs each work again alone, where the update runs at once and its work
   sees the truth: the batch only ever commits what running the works one by one would.
 
-On SQLite everything waiting goes to the database thread in ONE trip (:func:`_flush_sqlite`).
+On SQLite everything waiting goes to the database thread in ONE trip (:func:`_flush_sqlite`),
+where each table's rows go in one statement and consecutive updates of one kind in one
+UPDATE ... FROM (VALUES ...) (:func:`_run_plan`).
 A group commit there goes further (:func:`one_trip`): its works run before any transaction is
 open, and BEGIN, the writes and COMMIT all happen in that one trip, so SQLite's single write
 lock is held only while the database thread works, never while the event loop gets round to
@@ -33,6 +35,7 @@ and one relay process from ~600 to ~760 messages/s (1 KiB, paired runs).
 from __future__ import annotations
 
 import contextlib
+import re
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
@@ -342,21 +345,75 @@ def _run_transaction(db: sqlite3.Connection, lock: TripLock, tails: _Tails, plan
 
 
 def _run_plan(db: sqlite3.Connection, tails: _Tails, plan: _Plan) -> None:
-    """In aiosqlite's thread, inside a transaction: link the chains, then run the plan."""
+    """In aiosqlite's thread, inside a transaction: link the chains, then run the plan, each
+    step in as few statements as SQLite takes (see :func:`_rows_at_once`)."""
     cursor = db.cursor()
+    per_statement = db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
     try:
         for tail_sql, chain, rows in tails:
             chain.link(cursor.execute(tail_sql).fetchone(), rows)
         for sql, names, rows, one_row_each in plan:
             values = [tuple(row[n] for n in names) for row in rows]
-            if not one_row_each:
-                cursor.executemany(sql, values)
-                continue
-            for params in values:
-                if cursor.execute(sql, params).rowcount != 1:
+            at_once = _rows_at_once(sql, len(names), per_statement, update=one_row_each)
+            for start in range(0, len(values), at_once):
+                chunk = values[start:start + at_once]
+                if len(chunk) == 1:
+                    changed = cursor.execute(sql, chunk[0]).rowcount
+                else:
+                    many = _many_rows_sql(sql, len(names), len(chunk), update=one_row_each)
+                    changed = cursor.execute(many, [v for row in chunk for v in row]).rowcount
+                if one_row_each and changed != len(chunk):
                     raise LostUpdateError
     finally:
         cursor.close()
+
+
+# sqlite3 lets go of the GIL for every statement it steps, executemany's rows included, and
+# under load the database thread then waits for the event loop's thread to give it back:
+# profiled (1 KiB messages, one process) at ~150-250 us a row, a group commit of ~30 rows held
+# in the database thread for ~6 ms, most of it waiting. So the rows of a step go in one
+# statement: an INSERT with one VALUES row each, an UPDATE ... FROM (VALUES ...) joining them.
+_UPDATE_FROM_VERSION = (3, 33, 0)  # SQLite's first with UPDATE ... FROM
+_MAX_ROWS_AT_ONCE = 500
+
+
+def _rows_at_once(sql: str, width: int, per_statement: int, *, update: bool) -> int:
+    """How many rows one statement of ``sql``'s step may carry (1: a statement a row)."""
+    if update and (sqlite3.sqlite_version_info < _UPDATE_FROM_VERSION
+                   or _update_parts(sql, width) is None):
+        return 1
+    if not update and not sql.endswith(" VALUES " + _values_row(width)):
+        return 1
+    return max(1, min(_MAX_ROWS_AT_ONCE, per_statement // max(width, 1)))
+
+
+def _update_parts(sql: str, width: int) -> tuple[str, str] | None:
+    """An UPDATE's SET and WHERE parts, each ``?`` (the k-th parameter) made column k of the
+    VALUES rows; None when the SQL is not one a parameter per ``?`` with a single WHERE."""
+    if sql.count("?") != width or sql.count(" WHERE ") != 1 or " FROM " in sql:
+        return None
+    numbers = iter(range(1, width + 1))
+    named = re.sub(r"\?", lambda _: f"_rows.column{next(numbers)}", sql)
+    head, where = named.split(" WHERE ")
+    return head, where
+
+
+def _values_row(width: int) -> str:
+    return "(" + ", ".join(["?"] * width) + ")"
+
+
+@lru_cache(maxsize=256)
+def _many_rows_sql(sql: str, width: int, count: int, *, update: bool) -> str:
+    """``sql`` (one row's INSERT or UPDATE, qmark parameters) for ``count`` rows at once; an
+    UPDATE changes one row for each of them unless two name the same row."""
+    rows = ", ".join([_values_row(width)] * count)
+    if not update:
+        head, _, _ = sql.rpartition(" VALUES ")
+        return f"{head} VALUES {rows}"
+    parts = _update_parts(sql, width)
+    assert parts is not None  # _rows_at_once() said so
+    head, where = parts
+    return f"{head} FROM (VALUES {rows}) AS _rows WHERE {where}"
 
 
 # -- PostgreSQL: asyncpg's own calls, one trip a statement ---------------------------------------
