@@ -4,7 +4,9 @@ works one by one would not (relayguard.store.deferred)."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import os
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -205,6 +207,23 @@ async def test_on_sqlite_a_group_commit_writes_each_table_and_the_outcomes_in_on
     updates = [s for s in finishing.through_sqlite3 if s.startswith("UPDATE messages")]
     assert 1 <= len(updates) < len(ids)
     assert any(" FROM (VALUES " in s for s in updates)
+
+
+@SQLITE_ONLY
+async def test_on_sqlite_large_bodies_in_a_group_commit_go_in_one_by_one(store: Store) -> None:
+    """SQLite copies every blob it is bound: bodies over a MiB each go in a statement of their
+    own (as executemany's rows did), so a commit holds one large body's copy at a time."""
+    large = [b"Subject: scans\r\n\r\n" + base64.encodebytes(os.urandom(2 << 20)) for _ in range(3)]
+
+    async def accept(raw: bytes) -> str:
+        return await store.batched(lambda conn: store.accept(
+            raw=raw, envelope=ENVELOPE, submitter=WHO, decision=DELIVER_UNCHANGED, conn=conn))
+
+    with _statements(store) as seen:
+        ids = await asyncio.gather(*(accept(raw) for raw in [*large, PLAIN, PLAIN]))
+    assert [(await store.get(i)).raw for i in ids] == [*large, PLAIN, PLAIN]
+    bodies = [s for s in seen.through_sqlite3 if s.startswith("INSERT INTO message_bodies")]
+    assert len(bodies) >= len(large)
 
 
 @SQLITE_ONLY

@@ -355,8 +355,7 @@ def _run_plan(db: sqlite3.Connection, tails: _Tails, plan: _Plan) -> None:
         for sql, names, rows, one_row_each in plan:
             values = [tuple(row[n] for n in names) for row in rows]
             at_once = _rows_at_once(sql, len(names), per_statement, update=one_row_each)
-            for start in range(0, len(values), at_once):
-                chunk = values[start:start + at_once]
+            for chunk in _chunks(values, at_once):
                 if len(chunk) == 1:
                     changed = cursor.execute(sql, chunk[0]).rowcount
                 else:
@@ -375,6 +374,26 @@ def _run_plan(db: sqlite3.Connection, tails: _Tails, plan: _Plan) -> None:
 # statement: an INSERT with one VALUES row each, an UPDATE ... FROM (VALUES ...) joining them.
 _UPDATE_FROM_VERSION = (3, 33, 0)  # SQLite's first with UPDATE ... FROM
 _MAX_ROWS_AT_ONCE = 500
+# SQLite copies every blob and text it is bound (sqlite3 binds them SQLITE_TRANSIENT): rows
+# going in together are all copied at once, so large ones (message bodies) go one by one,
+# as executemany's did, and the copies stay one message's size.
+_MAX_BYTES_AT_ONCE = 1 << 20
+
+
+def _chunks(values: list[tuple[Any, ...]], at_once: int) -> Iterator[list[tuple[Any, ...]]]:
+    """``values`` in runs of at most ``at_once`` rows and _MAX_BYTES_AT_ONCE bound bytes (a
+    larger row alone)."""
+    chunk: list[tuple[Any, ...]] = []
+    size = 0
+    for row in values:
+        row_size = sum(len(v) for v in row if isinstance(v, (bytes, str)))
+        if chunk and (len(chunk) == at_once or size + row_size > _MAX_BYTES_AT_ONCE):
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(row)
+        size += row_size
+    if chunk:
+        yield chunk
 
 
 def _rows_at_once(sql: str, width: int, per_statement: int, *, update: bool) -> int:
