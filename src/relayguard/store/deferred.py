@@ -239,6 +239,11 @@ _Step = tuple[str, tuple[str, ...], list[dict[str, Any]], bool]  # SQL, names, r
 _Plan = list[_Step]
 
 
+def _values(names: tuple[str, ...], rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+    """A step's rows as the drivers take them: their values in the statement's order."""
+    return [tuple(row[n] for n in names) for row in rows]
+
+
 async def _flush_sqlite(conn: AsyncConnection, waiting: _Waiting, lock: TripLock | None) -> bool:
     """Everything waiting, run by sqlite3 in aiosqlite's thread in one trip; False (nothing
     done) when a statement cannot be run that way, and the caller runs it statement by statement.
@@ -353,7 +358,7 @@ def _run_plan(db: sqlite3.Connection, tails: _Tails, plan: _Plan) -> None:
         for tail_sql, chain, rows in tails:
             chain.link(cursor.execute(tail_sql).fetchone(), rows)
         for sql, names, rows, one_row_each in plan:
-            values = [tuple(row[n] for n in names) for row in rows]
+            values = _values(names, rows)
             at_once = _rows_at_once(sql, len(names), per_statement, update=one_row_each)
             for chunk in _chunks(values, at_once):
                 if len(chunk) == 1:
@@ -396,8 +401,10 @@ def _chunks(values: list[tuple[Any, ...]], at_once: int) -> Iterator[list[tuple[
         yield chunk
 
 
+@lru_cache(maxsize=64)
 def _rows_at_once(sql: str, width: int, per_statement: int, *, update: bool) -> int:
-    """How many rows one statement of ``sql``'s step may carry (1: a statement a row)."""
+    """How many rows one statement of ``sql``'s step may carry (1: a statement a row); looked
+    at once a statement, not once a trip."""
     if update and (sqlite3.sqlite_version_info < _UPDATE_FROM_VERSION
                    or _update_parts(sql, width) is None):
         return 1
@@ -460,7 +467,7 @@ async def _flush_asyncpg(conn: AsyncConnection, waiting: _Waiting) -> bool:
             if table not in chained:
                 await _insert_asyncpg(driver, dialect, table, step)
         for sql, names, rows, _ in updates:
-            values = [tuple(row[n] for n in names) for row in rows]
+            values = _values(names, rows)
             if len(await driver.fetchmany(sql, values)) != len(values):
                 raise LostUpdateError  # each changes at most one row: one changed none
         # The chains last, as in flush(): their lock is held from here to the commit.
@@ -479,7 +486,7 @@ async def _insert_asyncpg(driver: Any, dialect: Dialect, table: Table, step: _St
     encode = pgcopy.encoders(dialect, table, names) if large else None
     small = rows if encode is None else [row for row in rows if not pgcopy.is_large(row)]
     if small:
-        await driver.executemany(sql, [tuple(row[n] for n in names) for row in small])
+        await driver.executemany(sql, _values(names, small))
     if encode is not None:
         await pgcopy.copy_rows(driver, table, names, encode, large)
 
