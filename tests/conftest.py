@@ -35,6 +35,7 @@ class Sink:
 
     ``replies`` is consumed one entry per DATA (e.g. ``["451 4.3.0 later"]`` then 250s);
     ``refuse`` maps recipients to the reply RCPT gets; ``delay`` slows every DATA down.
+    It offers PIPELINING, as NHSmail and Microsoft 365 do, unless ``pipelining`` is False.
     """
 
     host: str = "127.0.0.1"
@@ -45,6 +46,14 @@ class Sink:
     delay: float = 0.0  # seconds each DATA takes: a slow upstream
     server: asyncio.AbstractServer | None = None
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
+    pipelining: bool = True
+
+    async def handle_EHLO(self, server: SMTP, session: Session, envelope: Envelope, hostname: str,
+                          responses: list[str]) -> list[str]:
+        session.host_name = hostname
+        if self.pipelining:  # aiosmtpd reads one command at a time, so it takes pipelined ones
+            responses.insert(-1, "250-PIPELINING")
+        return responses
 
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope, address: str,
                           options: list[str]) -> str:

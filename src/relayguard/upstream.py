@@ -15,11 +15,15 @@ from typing import Any, Protocol
 import aiosmtplib
 from aiosmtplib.email import quote_address
 from aiosmtplib.protocol import SMTPProtocol
+from aiosmtplib.response import SMTPResponse
+from aiosmtplib.typing import SMTPStatus
 
+from relayguard import pipelining
 from relayguard.config import UpstreamSettings, UpstreamTls
 from relayguard.crlf import dot_stuffed, is_canonical
 from relayguard.decision import Envelope
 from relayguard.errors import DeliveryError
+from relayguard.pipelining import PipeliningProtocol
 from relayguard.store import Store
 
 # rcpt -> (code, reply text)
@@ -86,31 +90,70 @@ def _quoted(address: str) -> bytes:
     return quote_address(address).encode("ascii")
 
 
+async def _transaction_replies(client: aiosmtplib.SMTP, envelope: Envelope, *,
+                               reply_timeout: float) -> tuple[SMTPResponse, list[SMTPResponse],
+                                                              SMTPResponse | None]:
+    """The replies to MAIL, each RCPT and DATA. Pipelined (RFC 2920) when the upstream offers
+    it: one write and one wait. Otherwise a round trip each, stopping where the upstream refused
+    the sender or every recipient (DATA is then not sent: None)."""
+    mail = b"MAIL FROM:" + _quoted(envelope.mail_from)
+    rcpts = [b"RCPT TO:" + _quoted(r) for r in envelope.rcpt_tos]
+    protocol = client.protocol
+    if isinstance(protocol, PipeliningProtocol) and client.supports_extension("pipelining"):
+        try:
+            *replies, data = await protocol.group([mail, *rcpts, b"DATA"], reply_timeout=reply_timeout)
+        except aiosmtplib.SMTPException:
+            # Lost, timed out or garbled: which reply answers what is no longer known.
+            client.close()
+            raise
+        if any(r.code == SMTPStatus.domain_unavailable for r in (*replies, data)):
+            client.close()  # the upstream is going away (execute_command() closes on it too)
+        return replies[0], replies[1:], data
+    sent = await client.execute_command(b"MAIL", mail[5:])
+    if sent.code != SMTPStatus.completed:
+        return sent, [], None
+    answers = [await client.execute_command(b"RCPT", r[5:]) for r in rcpts]
+    if all(a.code not in _RCPT_OK for a in answers):
+        return sent, answers, None
+    return sent, answers, await client.execute_command(b"DATA")
+
+
+_RCPT_OK = (SMTPStatus.completed, SMTPStatus.will_forward)
+
+
+async def _abandon(client: aiosmtplib.SMTP, data: SMTPResponse | None, *, reply_timeout: float) -> None:
+    """A pipelined DATA the upstream took (354) though the sender or every recipient was
+    refused: RFC 2920 says to end it with a lone dot, which the upstream then refuses."""
+    if data is not None and data.code == SMTPStatus.start_input and client.protocol is not None:
+        client.protocol.write(b".\r\n")
+        await client.protocol.read_response(timeout=reply_timeout)
+
+
 async def _sendmail_encoded(client: aiosmtplib.SMTP, envelope: Envelope, raw: bytes, *,
                             reply_timeout: float) -> dict[str, Any]:
-    """aiosmtplib's sendmail() with our DATA encoding (two C-speed passes, no regex) and our
-    address quoting; same results and exceptions: refused recipients returned, all refused
-    raised. MAIL and RCPT are what client.mail() and client.rcpt() send and check."""
+    """aiosmtplib's sendmail() with our DATA encoding (two C-speed passes, no regex), our
+    address quoting and pipelining; same results and exceptions: refused recipients returned,
+    all refused raised. MAIL and RCPT are what client.mail() and client.rcpt() send."""
     await client._ehlo_or_helo_if_needed()  # what client.mail() does first
-    sent = await client.execute_command(b"MAIL", b"FROM:" + _quoted(envelope.mail_from))
-    if sent.code != 250:
+    sent, answers, start = await _transaction_replies(client, envelope, reply_timeout=reply_timeout)
+    if sent.code != SMTPStatus.completed:
+        await _abandon(client, start, reply_timeout=reply_timeout)
         raise aiosmtplib.SMTPSenderRefused(sent.code, sent.message, envelope.mail_from)
-    refused: dict[str, Any] = {}
-    for rcpt in envelope.rcpt_tos:
-        reply = await client.execute_command(b"RCPT", b"TO:" + _quoted(rcpt))
-        if reply.code not in (250, 251):
-            refused[rcpt] = aiosmtplib.SMTPRecipientRefused(reply.code, reply.message, rcpt)
+    refused: dict[str, Any] = {
+        rcpt: aiosmtplib.SMTPRecipientRefused(reply.code, reply.message, rcpt)
+        for rcpt, reply in zip(envelope.rcpt_tos, answers, strict=True) if reply.code not in _RCPT_OK}
     if len(refused) == len(envelope.rcpt_tos):
+        await _abandon(client, start, reply_timeout=reply_timeout)
         await client.rset()
         raise aiosmtplib.SMTPRecipientsRefused(list(refused.values()))
-    start = await client.execute_command(b"DATA")
-    if start.code != 354:
+    assert start is not None  # sent unless the sender or every recipient was refused
+    if start.code != SMTPStatus.start_input:
         raise aiosmtplib.SMTPDataError(start.code, start.message)
     protocol = client.protocol
     assert protocol is not None  # execute_command just used it
     await _write_data(protocol, dot_stuffed(raw), drain_timeout=reply_timeout)
     done = await protocol.read_response(timeout=reply_timeout)
-    if done.code != 250:
+    if done.code != SMTPStatus.completed:
         raise aiosmtplib.SMTPDataError(done.code, done.message)
     return refused
 
@@ -121,6 +164,7 @@ class SmtpUpstream:
     def __init__(self, settings: UpstreamSettings) -> None:
         self.settings = settings
         self._client: aiosmtplib.SMTP | None = None
+        pipelining.install()
 
     def _new_client(self) -> aiosmtplib.SMTP:
         s = self.settings

@@ -37,8 +37,7 @@ class RecordingSink(Sink):
     async def handle_EHLO(self, server: SMTP, session: Session, envelope: Envelope, hostname: str,
                           responses: list[str]) -> list[str]:
         self.helos.append(hostname)
-        session.host_name = hostname
-        return responses
+        return await super().handle_EHLO(server, session, envelope, hostname, responses)
 
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope, address: str,
                           options: list[str]) -> str:
@@ -191,10 +190,14 @@ def test_envelope_addresses_are_quoted_as_aiosmtplib_quotes_them(address: str) -
     assert upstream_mod._quoted(address) == quote_address(address).encode("ascii")
 
 
-async def test_the_upstream_hears_every_envelope_address_as_given(sink: RecordingSink) -> None:
+@pytest.mark.parametrize("pipelining", [True, False], ids=["pipelined", "round-trips"])
+async def test_the_upstream_hears_every_envelope_address_as_given(sink: RecordingSink,
+                                                                  pipelining: bool) -> None:
     """MAIL and RCPT as we write them (plain addresses without aiosmtplib's parser): the null
     sender, quoted local parts and address literals arrive as they were; a refused recipient is
-    reported with the upstream's reply and the others still get the message."""
+    reported with the upstream's reply and the others still get the message. The same whether
+    the upstream offers PIPELINING or not."""
+    sink.pipelining = pipelining
     sink.refuse = {"x_y-z@sub.example.co.uk": "550 5.1.1 no such user"}
     upstream = SmtpUpstream(UpstreamSettings(host=sink.host, port=sink.port, tls="none"))
     try:
