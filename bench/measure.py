@@ -48,6 +48,7 @@ class Result:
     idle_rss_sum_kib: int | None = None
     peak_hwm_kib: int | None = None
     processes: int | None = None
+    server_cpu_s: float | None = None  # CPU time of the path's own processes in the window
     latency: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
@@ -242,3 +243,4 @@ def _copy_monitor(r: Result, s: monitor.Sample) -> None:
     r.idle_rss_sum_kib = s.idle_rss_sum_kib or None
     r.peak_hwm_kib = s.peak_hwm_kib or None
     r.processes = s.processes or None
+    r.server_cpu_s = s.server_cpu_s

@@ -1,11 +1,15 @@
-"""What the machine was doing during one measurement: CPU idle, open sessions, and the server's memory.
+"""What the machine was doing during one measurement: CPU idle, open sessions, the server's memory and
+the CPU time its processes used.
 
 A background thread samples /proc while the load runs. CPU idle comes from /proc/stat deltas over the
-whole window (all cores), so a figure taken while another engineer's job ate a core shows it.
+whole window (all cores), so a figure taken while another engineer's job ate a core shows it. The
+server's CPU time is what its processes themselves ran: on a shared machine it moves far less from run
+to run than messages a second, which a neighbour's job lowers by taking turns on the cores.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -54,6 +58,18 @@ def _status_kib(pid: int, key: str) -> int:
     return 0
 
 
+def _cpu_ticks(pid: int) -> int | None:
+    """utime + stime of ``pid`` itself (not its reaped children), in clock ticks."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return int(fields[11]) + int(fields[12])
+
+
+TICKS_PER_S = os.sysconf("SC_CLK_TCK")
+
+
 @dataclass
 class Sample:
     """The result of one monitored window."""
@@ -65,6 +81,10 @@ class Sample:
     idle_rss_sum_kib: int = 0  # the same sum at the start of the window, before any traffic
     peak_hwm_kib: int = 0  # largest VmHWM of any one server process (kernel-tracked, misses nothing)
     processes: int = 0
+    # CPU seconds the server's processes ran in the window: each process's time at its last sample
+    # less its time at the first (0 for one started in the window). A process that exits loses what
+    # it ran since its last sample (at most ``interval``).
+    server_cpu_s: float | None = None
     rss_samples: list[int] = field(default_factory=list, repr=False)
 
 
@@ -82,12 +102,15 @@ class Monitor:
         self._thread = threading.Thread(target=self._run, name="bench-monitor", daemon=True)
         self._t0 = 0.0
         self._cpu0 = (0, 0)
+        self._ticks_first: dict[int, int] = {}
+        self._ticks_last: dict[int, int] = {}
 
     def __enter__(self) -> Monitor:
         self._t0 = time.monotonic()
         self._cpu0 = cpu_times()
         self._sample()  # the idle baseline, before the client starts
         self.result.idle_rss_sum_kib = self.result.peak_rss_sum_kib
+        self._ticks_first = dict(self._ticks_last)
         self._thread.start()
         return self
 
@@ -97,6 +120,9 @@ class Monitor:
         self.result.seconds = time.monotonic() - self._t0
         self.result.cpu_idle_pct = round(idle_pct_since(self._cpu0), 1)
         self._sample()  # one last look, so a short window still has a memory figure
+        if self.pids is not None:
+            ticks = sum(t - self._ticks_first.get(pid, 0) for pid, t in self._ticks_last.items())
+            self.result.server_cpu_s = round(ticks / TICKS_PER_S, 2)
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
@@ -113,3 +139,7 @@ class Monitor:
         rss = sum(_status_kib(pid, "VmRSS:") for pid in tree)
         r.peak_rss_sum_kib = max(r.peak_rss_sum_kib, rss)
         r.peak_hwm_kib = max([r.peak_hwm_kib, *(_status_kib(pid, "VmHWM:") for pid in tree)])
+        for pid in tree:
+            ticks = _cpu_ticks(pid)
+            if ticks is not None:
+                self._ticks_last[pid] = ticks
