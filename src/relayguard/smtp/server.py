@@ -8,7 +8,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, AnyStr
 
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, LoginPassword, syntax
 
@@ -112,6 +112,7 @@ class RelaySMTP(SMTP):
         self._verify = verify
         self._limiter = limiter
         self._admitted_ip: str | None = None
+        self._continued: list[str] = []  # lines of a multiline reply not yet written (push)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         first = self._original_transport is None and self.transport is None
@@ -134,6 +135,23 @@ class RelaySMTP(SMTP):
             self._limiter.release(self._admitted_ip)
             self._admitted_ip = None
         super().connection_lost(error)
+
+    async def push(self, status: AnyStr) -> None:
+        """aiosmtpd's push(), except that the lines of a multiline reply (``250-...``: EHLO's
+        five or six) are held and written with its last line: one socket write and one drain
+        instead of one each (each write to a socket is a system call, and on loopback the
+        kernel's whole delivery to the client). The client acts on none of them before the
+        last line anyway (RFC 5321 4.2.1)."""
+        if isinstance(status, str) and status[3:4] == "-":
+            self._continued.append(status)
+            return
+        if self._continued:
+            held, self._continued = "\r\n".join(self._continued), []
+            if isinstance(status, str):
+                await super().push(f"{held}\r\n{status}")
+                return
+            await super().push(held)
+        await super().push(status)
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         """aiosmtpd's address parsing, with the common ``<local@domain> PARAMS`` form read by a
