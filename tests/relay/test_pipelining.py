@@ -13,6 +13,7 @@ from relayguard.config import UpstreamSettings
 from relayguard.decision import Envelope
 from relayguard.errors import DeliveryError
 from relayguard.upstream import SmtpUpstream
+from tests.conftest import Sink
 
 BODY = b"Subject: pipelined\r\n\r\nline one\r\n.starts with a dot\r\n"
 RCPTS = ("a@nhs.net", "b@nhs.net", "c@nhs.net")
@@ -230,3 +231,20 @@ async def test_a_reply_that_is_no_smtp_is_an_error_not_a_hang(scripted: Scripted
     scripted.garble = False
     assert await send(upstream) == dict.fromkeys(RCPTS, (250, "ok"))
     assert scripted.connections == 2
+
+
+async def test_five_hundred_recipients_in_one_group_to_a_real_smtp_server(sink: Sink) -> None:
+    """A practice's mailing to 500 patients, against aiosmtpd (which offers PIPELINING here and
+    reads one command at a time): every reply is matched to its recipient, a refusal in the
+    middle included, and the message goes once to the other 499."""
+    rcpts = tuple(f"patient{i}@example.org" for i in range(500))
+    sink.refuse = {rcpts[250]: "550 5.1.1 no such user"}
+    up = SmtpUpstream(UpstreamSettings(host=sink.host, port=sink.port, tls="none", timeout=5))
+    try:
+        results = await send(up, rcpts)
+    finally:
+        await up.close()
+    assert results.pop(rcpts[250]) == (550, "5.1.1 no such user")
+    assert set(results.values()) == {(250, "ok")} and len(results) == 499
+    [got] = await sink.wait_for(1)
+    assert got.rcpt_tos == [r for r in rcpts if r != rcpts[250]]
