@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 import aiosmtplib.smtp
 from aiosmtplib.errors import SMTPReadTimeoutError, SMTPResponseException, SMTPServerDisconnected
-from aiosmtplib.protocol import MAX_RESPONSE_LENGTH, SMTPProtocol
+from aiosmtplib.protocol import COMMAND_INJECTION_REGEX, MAX_RESPONSE_LENGTH, SMTPProtocol
 from aiosmtplib.response import SMTPResponse
 from aiosmtplib.typing import SMTPStatus
 
@@ -73,9 +73,9 @@ class PipeliningProtocol(SMTPProtocol):
         """Write ``commands`` (without their CRLF) at once and return their replies in order.
 
         Raises what ``execute_command`` raises: SMTPServerDisconnected, SMTPReadTimeoutError
-        (the connection is then out of step and must be closed), ValueError for a CR or LF in
-        a command."""
-        if any(b"\r" in c or b"\n" in c for c in commands):
+        (the connection is then out of step and must be closed), ValueError for a control
+        character in a command (aiosmtplib's own check)."""
+        if any(COMMAND_INJECTION_REGEX.search(c) for c in commands):
             raise ValueError("Command arg contains a prohibited control character")
         if self._command_lock is None:
             raise SMTPServerDisconnected("Server not connected")

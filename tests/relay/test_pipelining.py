@@ -12,6 +12,7 @@ import pytest
 from relayguard.config import UpstreamSettings
 from relayguard.decision import Envelope
 from relayguard.errors import DeliveryError
+from relayguard.pipelining import PipeliningProtocol
 from relayguard.upstream import SmtpUpstream
 from tests.conftest import Sink
 
@@ -248,3 +249,18 @@ async def test_five_hundred_recipients_in_one_group_to_a_real_smtp_server(sink: 
     assert set(results.values()) == {(250, "ok")} and len(results) == 499
     [got] = await sink.wait_for(1)
     assert got.rcpt_tos == [r for r in rcpts if r != rcpts[250]]
+
+
+async def test_a_control_character_in_a_group_is_refused_before_anything_is_sent(
+        scripted: ScriptedUpstream, upstream: SmtpUpstream) -> None:
+    """The group's own check, as aiosmtplib's execute_command() makes it (SmtpUpstream.send()
+    refuses such addresses before they get here)."""
+    assert await send(upstream, RCPTS[:1]) == {RCPTS[0]: (250, "ok")}
+    client = upstream._client
+    assert client is not None and isinstance(client.protocol, PipeliningProtocol)
+    smuggled = b"RCPT TO:<a@nhs.net>\r\nRCPT TO:<b@nhs.net>"
+    for bad in (smuggled, b"RCPT TO:<a\x00@nhs.net>", b"RCPT TO:<a\x7f@nhs.net>"):
+        with pytest.raises(ValueError, match="prohibited control character"):
+            await client.protocol.group([b"MAIL FROM:<>", bad, b"DATA"], reply_timeout=2)
+    assert len(scripted.groups) == 1
+    assert await send(upstream, RCPTS[:1]) == {RCPTS[0]: (250, "ok")}  # still in step
