@@ -61,7 +61,7 @@ def _status_kib(pid: int, key: str) -> int:
 def _cpu_ticks(pid: int) -> int | None:
     """utime + stime of ``pid`` itself (not its reaped children), in clock ticks."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        fields = procs.stat_fields(pid)
     except (OSError, IndexError):
         return None
     return int(fields[11]) + int(fields[12])

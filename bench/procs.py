@@ -153,14 +153,20 @@ def run_checked(argv: Sequence[str], *, timeout: float = 120, env: Mapping[str, 
     return res.stdout
 
 
+def stat_fields(pid: int) -> list[str]:
+    """The fields of /proc/PID/stat after the command name, from the state on (proc(5) numbers
+    them from 3: the parent pid is [1], utime and stime [11] and [12]). Raises OSError for a
+    process that is gone."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
 def descendants(roots: Iterable[int]) -> set[int]:
     """``roots`` and every live process below them (by parent pid), read from /proc."""
     parent: dict[int, int] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             with contextlib.suppress(OSError, IndexError, ValueError):
-                stat = Path(f"/proc/{entry}/stat").read_text()
-                parent[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
+                parent[int(entry)] = int(stat_fields(int(entry))[1])
     found = {r for r in roots if r in parent}
     frontier = set(found)
     while frontier:

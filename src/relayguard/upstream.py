@@ -26,6 +26,8 @@ from relayguard.errors import DeliveryError
 from relayguard.pipelining import PipeliningProtocol
 from relayguard.store import Store
 
+pipelining.install()  # every aiosmtplib client of this process can pipeline (pipelining.py)
+
 # rcpt -> (code, reply text)
 Results = dict[str, tuple[int, str]]
 
@@ -90,6 +92,9 @@ def _quoted(address: str) -> bytes:
     return quote_address(address).encode("ascii")
 
 
+_RCPT_OK = (SMTPStatus.completed, SMTPStatus.will_forward)
+
+
 async def _transaction_replies(client: aiosmtplib.SMTP, envelope: Envelope, *,
                                reply_timeout: float) -> tuple[SMTPResponse, list[SMTPResponse],
                                                               SMTPResponse | None]:
@@ -117,8 +122,6 @@ async def _transaction_replies(client: aiosmtplib.SMTP, envelope: Envelope, *,
         return sent, answers, None
     return sent, answers, await client.execute_command(b"DATA")
 
-
-_RCPT_OK = (SMTPStatus.completed, SMTPStatus.will_forward)
 
 
 async def _abandon(client: aiosmtplib.SMTP, data: SMTPResponse | None, *, reply_timeout: float) -> None:
@@ -164,7 +167,6 @@ class SmtpUpstream:
     def __init__(self, settings: UpstreamSettings) -> None:
         self.settings = settings
         self._client: aiosmtplib.SMTP | None = None
-        pipelining.install()
 
     def _new_client(self) -> aiosmtplib.SMTP:
         s = self.settings
