@@ -123,7 +123,6 @@ async def _transaction_replies(client: aiosmtplib.SMTP, envelope: Envelope, *,
     return sent, answers, await client.execute_command(b"DATA")
 
 
-
 async def _abandon(client: aiosmtplib.SMTP, data: SMTPResponse | None, *, reply_timeout: float) -> None:
     """A pipelined DATA the upstream took (354) though the sender or every recipient was
     refused: RFC 2920 says to end it with a lone dot, which the upstream then refuses."""

@@ -144,13 +144,12 @@ def create_engine(url: str, *, synchronous: str = "FULL") -> AsyncEngine:
     level = synchronous.upper()
     if level not in _SYNC_LEVELS:
         raise ValueError(f"store.synchronous must be one of {sorted(_SYNC_LEVELS)}")
-    # The pool's own reset (a ROLLBACK on every connection it takes back) is replaced by
-    # _on_reset below.
     engine = create_async_engine(parsed, connect_args={"timeout": 30}, pool_reset_on_return=None)
 
     @event.listens_for(engine.sync_engine, "reset")
     def _on_reset(dbapi_conn: Any, record: Any, state: PoolResetState) -> None:
-        # A ROLLBACK is a trip to aiosqlite's thread and back. SQLAlchemy skips it only after a
+        # In place of the pool's own reset, a ROLLBACK on every connection it takes back: with
+        # aiosqlite a trip to the connection's thread and back. SQLAlchemy skips it only after a
         # transaction it ran itself, so it was made after every one-trip group commit
         # (store.deferred), which ends its own: half the database trips under load. Here the
         # connection is asked first. sqlite3 reads that flag from the C library, not the
