@@ -269,5 +269,5 @@ class Relay:
                 await asyncio.wait_for(task, 10)
         self._tasks.clear()
         await self.store.close()
-        self.scan_pool.close()
+        await self.scan_pool.close()
         log.info("relay.stopped")

@@ -51,6 +51,9 @@ INLINE_MAX_HEADER_BYTES = 16 * 1024
 # Messages from this size on reach a worker through a file, not the pool's pipe: pickled, a
 # 25 MiB message is one more copy in the relay and, while it is read, two in the worker.
 SPOOL_MIN_BYTES = 1024 * 1024
+# How long close() waits for the workers to stop before it kills them. An idle worker stops in
+# milliseconds; one still scanning has nothing worth waiting for (its session is gone).
+CLOSE_GRACE_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,7 +171,23 @@ class ScanPool:
         if old is not None:
             old.shutdown(wait=False, cancel_futures=True)
 
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = None
+    async def close(self) -> None:
+        """Stop the workers and wait (in a thread, bounded) until they have exited.
+
+        Not ``shutdown(wait=False)`` and return: a relay process forked by the supervisor ends
+        with multiprocessing's exit hooks, which close the pool's call queue. If that comes
+        before the pool's manager thread has sent each worker its stop sentinel, the sentinel
+        is never written, the worker waits for it forever and the exit waits for the worker.
+        """
+        pool, self._pool = self._pool, None
+        if not isinstance(pool, ProcessPoolExecutor):
+            return
+        stopping = asyncio.ensure_future(
+            asyncio.to_thread(pool.shutdown, wait=True, cancel_futures=True))
+        done, _ = await asyncio.wait({stopping}, timeout=CLOSE_GRACE_S)
+        if done:
+            return
+        log.warning("scan.workers_killed", note=f"not stopped within {CLOSE_GRACE_S:g} s")
+        for process in list(pool._processes.values()):  # no public way to reach them
+            process.kill()
+        await stopping  # a killed worker breaks the pool: shutdown returns at once

@@ -6,8 +6,12 @@ import asyncio
 import base64
 import email
 import io
+import subprocess
+import sys
 import time
 import zipfile
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import pytest
@@ -78,8 +82,8 @@ async def test_small_mail_is_decided_in_the_loop(raw: bytes, inline: bool) -> No
         assert decision == (await worker.decide(raw, ENV, WHO, policy))[0]
         assert _spawned(worker) == 1
     finally:
-        pool.close()
-        worker.close()
+        await pool.close()
+        await worker.close()
 
 
 def _forwarded(inner: bytes) -> bytes:
@@ -96,7 +100,7 @@ async def _decided_where(raw: bytes) -> tuple[Decision, bool]:
         decision, _ = await pool.decide(raw, ENV, WHO, load_policy(ROOT / "policies" / "default.yaml"))
         return decision, _spawned(pool) == 1
     finally:
-        pool.close()
+        await pool.close()
 
 
 async def test_an_archive_inside_a_forwarded_message_is_left_to_a_worker() -> None:
@@ -136,8 +140,8 @@ async def test_inline_decision_finds_what_a_worker_finds() -> None:
         there, _ = await worker.decide(raw, ENV, WHO, policy)
         assert _spawned(inline) == 0 and _spawned(worker) == 1
     finally:
-        inline.close()
-        worker.close()
+        await inline.close()
+        await worker.close()
     assert here.action is there.action is Action.HOLD
     assert here.findings == there.findings
 
@@ -148,7 +152,7 @@ async def test_warm_starts_every_worker_before_the_first_message() -> None:
         await pool.warm()
         assert _spawned(pool) == 2
     finally:
-        pool.close()
+        await pool.close()
 
 
 async def test_a_message_scanned_while_another_is_gets_no_detection_helper(
@@ -175,7 +179,7 @@ async def test_a_message_scanned_while_another_is_gets_no_detection_helper(
         await first
         await pool.decide(big, ENV, WHO, policy)
     finally:
-        pool.close()
+        await pool.close()
     assert allowed == [True, False, True]
 
 
@@ -203,7 +207,7 @@ async def test_a_large_message_reaches_the_worker_through_a_private_file_deleted
         decision, _ = await pool.decide(held, ENV, WHO, policy)
         small, _ = await pool.decide(_message(b"x" * 20_000), ENV, WHO, policy)
     finally:
-        pool.close()
+        await pool.close()
     assert decision.action is Action.HOLD and {f.kind for f in decision.findings} >= {"nhs_number"}
     assert small.action is Action.DELIVER
     assert seen == [0o600]  # the large one only
@@ -220,5 +224,49 @@ async def test_no_room_for_the_file_falls_back_to_the_pipe(monkeypatch: pytest.M
         decision, _ = await pool.decide(_message(b"y" * scanpool.SPOOL_MIN_BYTES), ENV, WHO,
                                         load_policy(ROOT / "policies" / "default.yaml"))
     finally:
-        pool.close()
+        await pool.close()
     assert decision.action is Action.DELIVER
+
+
+# What a relay process forked by the supervisor does at the end (supervisor.py): close the
+# pool, then run multiprocessing's exit hooks and leave with os._exit.
+_CLOSE_THEN_EXIT = """
+import asyncio, multiprocessing.util, os
+from relayguard.config import ScanSettings
+from relayguard.scanpool import ScanPool
+
+async def main():
+    pool = ScanPool(ScanSettings(workers=1))
+    await pool.warm()
+    await pool.close()
+
+asyncio.run(main())
+multiprocessing.util._exit_function()
+os._exit(0)
+"""
+
+
+def test_a_closed_pool_lets_the_process_exit() -> None:
+    """Closed with shutdown(wait=False), the exit hooks closed the call queue before the pool had
+    sent its idle worker the stop sentinel four times in five; the worker, then the exit, waited
+    for ever. Three rounds: each alone would pass by luck one time in five."""
+    for _ in range(3):
+        child = subprocess.run([sys.executable, "-c", _CLOSE_THEN_EXIT], timeout=30,
+                               capture_output=True, text=True)
+        assert child.returncode == 0, child.stderr
+
+
+async def test_a_worker_that_does_not_stop_is_killed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(scanpool, "CLOSE_GRACE_S", 0.5)
+    pool = ScanPool(ScanSettings(workers=1))
+    assert isinstance(pool._pool, ProcessPoolExecutor)
+    busy = pool._pool.submit(time.sleep, 60)
+    while not busy.running():  # on its way to the worker: shutdown no longer cancels it
+        await asyncio.sleep(0.01)
+    (worker,) = pool._pool._processes.values()
+    started = time.monotonic()
+    await pool.close()
+    assert time.monotonic() - started < 10
+    assert not worker.is_alive()
+    with pytest.raises(BrokenProcessPool):
+        busy.result(timeout=0)
