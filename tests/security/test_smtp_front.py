@@ -13,6 +13,7 @@ from structlog.testing import capture_logs
 from relayguard import devcert
 from relayguard.auth import hash_password
 from relayguard.policy import engine
+from relayguard.smtp import handler
 from relayguard.smtp import server as smtp_server
 from relayguard.store import State
 from tests.conftest import Sink
@@ -62,6 +63,24 @@ async def test_smuggling_vector_yields_exactly_one_message_as_the_policy_saw_it(
     stored = await relay.store.get(await queue_id_of(replies[0]))
     assert recorder.seen == [stored.raw] and got.raw == stored.raw
     assert not BARE.search(got.raw) and b"smuggled" in got.raw  # the "second" message is body text
+
+
+@pytest.mark.parametrize("size", [handler._INLINE_CRLF_BYTES // 2, handler._INLINE_CRLF_BYTES + 65536],
+                         ids=["checked-in-the-loop", "checked-in-a-thread"])
+async def test_bare_line_ends_are_made_crlf_in_a_message_of_any_size(relay_factory, sink: Sink,
+                                                                     size: int) -> None:
+    relay = await relay_factory()
+    line = b"x" * 30
+    # DATA lines end in CRLF (or are too long); each of these also holds a bare CR and a bare LF.
+    body = (line + b"\r" + line + b"\n" + line + b"\r\n") * (size // (3 * len(line) + 4))
+    async with RawSmtp(relay.smtp_port) as c:
+        await c.envelope(FROM, TO)
+        assert (await c.cmd(b"DATA")).startswith("354")
+        await c.write(HEAD + body + b"\r\n.\r\nQUIT\r\n")
+        assert [r[:3] for r in await c.replies()] == ["250", "221"]
+    [got] = await sink.wait_for(1)
+    assert not BARE.search(got.raw)
+    assert got.raw.count(line) == body.count(line) and len(got.raw) > size
 
 
 async def tls_session(c: RawSmtp) -> None:
