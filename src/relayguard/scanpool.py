@@ -188,6 +188,7 @@ class ScanPool:
         if done:
             return
         log.warning("scan.workers_killed", note=f"not stopped within {CLOSE_GRACE_S:g} s")
-        for process in list(pool._processes.values()):  # no public way to reach them
+        # No public way to reach them; shutdown() empties the map if it ends meanwhile.
+        for process in list((pool._processes or {}).values()):
             process.kill()
         await stopping  # a killed worker breaks the pool: shutdown returns at once
