@@ -170,6 +170,25 @@ async def test_silent_client_is_dropped_after_the_timeout(relay_factory, sink: S
     assert time.monotonic() - started < 3 and replies == []
 
 
+async def test_a_client_that_keeps_talking_is_not_dropped_and_is_once_it_stops(relay_factory,
+                                                                              sink: Sink) -> None:
+    """Every command moves the idle deadline on (RelaySMTP keeps one timer, which waits again
+    when it finds the deadline moved): a client talking for four timeouts stays connected, and
+    is dropped about one timeout after its last command."""
+    relay = await relay_factory(smtp={"timeout": 0.5})
+    async with RawSmtp(relay.smtp_port) as c:
+        assert (await c.reply()).startswith("220")
+        for _ in range(8):  # 2 s in all
+            assert (await c.cmd(b"NOOP")).startswith("250")
+            await asyncio.sleep(0.25)
+        assert (await c.cmd(b"NOOP")).startswith("250")  # still connected
+        last = time.monotonic()
+        replies = await c.replies(timeout=5)  # returns when the relay closes the connection
+        assert c.reader is not None and c.reader.at_eof()
+    assert replies == []
+    assert 0.4 < time.monotonic() - last < 2
+
+
 async def test_overlong_command_and_data_lines_are_refused(relay_factory, sink: Sink) -> None:
     """A command line over 512 octets gets 500; a DATA line over 998 gets 500 and nothing is stored."""
     relay = await relay_factory()

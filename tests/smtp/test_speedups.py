@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import logging
 
 import aiosmtpd.smtp
 import pytest
@@ -108,3 +109,19 @@ async def test_protocol_finds_the_same_commands_and_hooks_with_the_cached_listin
                       limiter=SessionLimiter(total=1, per_ip=1), tls_context=None)
     assert sorted(proto._smtp_methods) == sorted(m[5:] for m in dir(proto) if m.startswith("smtp_"))
     assert sorted(proto._handle_hooks) == ["DATA", "MAIL", "RCPT", "exception"]
+
+
+def test_command_lines_are_still_logged_and_masked_when_their_level_is_on(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """aiosmtpd.smtp.sanitized_log is ours (speedups.install): it skips a line whose level is
+    off, and otherwise logs it as aiosmtpd's would, AUTH data masked."""
+    assert aiosmtpd.smtp.sanitized_log.__module__ == "relayguard.smtp.speedups"
+    log = aiosmtpd.smtp.log
+    secret = b"AUTH PLAIN c2VjcmV0\r\n"
+    with caplog.at_level(logging.WARNING, logger=log.name):
+        aiosmtpd.smtp.sanitized_log(log.info, "%r >> %r", ("127.0.0.1", 1), secret)
+    assert caplog.records == []
+    with caplog.at_level(logging.INFO, logger=log.name):
+        aiosmtpd.smtp.sanitized_log(log.info, "%r >> %r", ("127.0.0.1", 1), secret)
+    [record] = caplog.records
+    assert "c2VjcmV0" not in record.getMessage() and "********" in record.getMessage()

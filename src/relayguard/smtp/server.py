@@ -114,6 +114,7 @@ class RelaySMTP(SMTP):
         self._limiter = limiter
         self._admitted_ip: str | None = None
         self._continued: list[str] = []  # lines of a multiline reply not yet written (push)
+        self._idle_deadline = 0.0  # loop time at which the session has been idle too long
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         first = self._original_transport is None and self.transport is None
@@ -132,6 +133,26 @@ class RelaySMTP(SMTP):
         assert isinstance(transport, asyncio.Transport)
         transport.write(b"421 4.7.0 Too many connections, try again later\r\n")
         transport.close()
+
+    def _reset_timeout(self, duration: float | None = None) -> None:
+        """aiosmtpd's idle timeout, without a new timer for every command. aiosmtpd cancelled
+        its timer and started another each time (a heap push, and a cancelled entry the loop
+        sweeps out later): ~3 % of the relay's CPU under load. Here the deadline moves on, and
+        the one timer, finding it moved when it fires, waits again for what is left. Only a
+        deadline earlier than the timer's (a shorter ``duration``) needs a new timer."""
+        self._idle_deadline = self.loop.time() + (duration or self._timeout_duration)
+        timer = self._timeout_handle
+        if timer is not None and not timer.cancelled() and timer.when() <= self._idle_deadline:
+            return
+        if timer is not None:
+            timer.cancel()
+        self._timeout_handle = self.loop.call_at(self._idle_deadline, self._idle_timer)
+
+    def _idle_timer(self) -> None:
+        if self.loop.time() < self._idle_deadline:
+            self._timeout_handle = self.loop.call_at(self._idle_deadline, self._idle_timer)
+            return
+        self._timeout_cb()  # type: ignore[no-untyped-call]
 
     def _unlink(self, task: asyncio.Task[None]) -> None:
         """Cut the reference cycles a finished session leaves, so that reference counting frees
