@@ -140,9 +140,12 @@ class RelaySMTP(SMTP):
         sweeps out later): ~3 % of the relay's CPU under load. Here the deadline moves on, and
         the one timer, finding it moved when it fires, waits again for what is left. Only a
         deadline earlier than the timer's (a shorter ``duration``) needs a new timer."""
-        self._idle_deadline = self.loop.time() + (duration or self._timeout_duration)
+        now = self.loop.time()
+        self._idle_deadline = now + (duration or self._timeout_duration)
         timer = self._timeout_handle
-        if timer is not None and not timer.cancelled() and timer.when() <= self._idle_deadline:
+        # A timer not yet due (one that is due may have run already) and not later than the
+        # new deadline will see it.
+        if timer is not None and not timer.cancelled() and now < timer.when() <= self._idle_deadline:
             return
         if timer is not None:
             timer.cancel()

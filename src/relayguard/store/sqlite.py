@@ -12,7 +12,7 @@ import contextlib
 import fcntl
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -151,7 +151,7 @@ def yield_on_wake() -> None:
         os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))  # 0: the calling thread
 
 
-def in_database_thread(dbapi_conn: Any, fn: Any) -> None:
+def in_database_thread(dbapi_conn: Any, fn: Callable[[], None]) -> None:
     """Run ``fn()`` in the thread of an aiosqlite connection (SQLAlchemy's adapted one, as the
     pool's events pass it), from a pool event, which runs where it may wait for it."""
     await_(dbapi_conn._connection._execute(fn))
