@@ -101,6 +101,23 @@ def _accepting(store: Store) -> Callable[[AsyncConnection], Awaitable[str]]:
     return work
 
 
+async def test_a_work_that_comes_a_turn_of_the_loop_later_joins_the_group_commit(store: Store) -> None:
+    """A group commit waits a couple of turns of the event loop before it starts: under load
+    works keep arriving, and fewer, larger batches cost fewer trips to the database."""
+    conns: list[AsyncConnection] = []
+    accept = _accepting(store)
+
+    async def work(conn: AsyncConnection) -> str:
+        conns.append(conn)
+        return await accept(conn)
+
+    first = asyncio.ensure_future(store.batched(work))
+    await asyncio.sleep(0)  # the first work is waiting, and its batch's drainer is made
+    ids = await asyncio.gather(first, store.batched(work))
+    assert len(conns) == 2 and conns[0] is conns[1]  # one batch: one transaction's connection
+    assert sorted(m.id for m in await store.list_messages()) == sorted(ids)
+
+
 async def test_on_sqlite_a_group_commit_opens_no_transaction_while_its_works_run(store: Store) -> None:
     """The writes go to the database thread with BEGIN and COMMIT, in one trip: SQLAlchemy never
     begins a transaction of its own, so the write lock is not held while the event loop runs."""
