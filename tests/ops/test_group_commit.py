@@ -21,7 +21,7 @@ from relayguard.decision import DELIVER_UNCHANGED, Envelope, Submitter, Submitte
 from relayguard.errors import ConflictError
 from relayguard.store import State, Store, deferred, open_store, pgcopy
 from relayguard.store import tables as t
-from relayguard.store.base import connected
+from relayguard.store.base import _BATCH_MAX, connected
 from tests.conftest import PG_ONLY, SQLITE_ONLY
 from tests.relay.test_relay_core import PLAIN
 
@@ -116,6 +116,32 @@ async def test_a_work_that_comes_a_turn_of_the_loop_later_joins_the_group_commit
     ids = await asyncio.gather(first, store.batched(work))
     assert len(conns) == 2 and conns[0] is conns[1]  # one batch: one transaction's connection
     assert sorted(m.id for m in await store.list_messages()) == sorted(ids)
+
+
+async def test_a_full_group_commit_starts_without_waiting_for_more(store: Store) -> None:
+    """Waiting a turn or two for more works is pointless when a batch is full already."""
+    loop = asyncio.get_running_loop()
+    accept = _accepting(store)
+
+    async def turns_to_first_work(count: int) -> int:
+        turn, first = 0, []
+
+        def tick() -> None:  # counts the loop's turns while the works are under way
+            nonlocal turn
+            turn += 1
+            if not first:
+                loop.call_soon(tick)
+
+        async def work(conn: AsyncConnection) -> str:
+            if not first:
+                first.append(turn)
+            return await accept(conn)
+
+        loop.call_soon(tick)
+        await asyncio.gather(*(store.batched(work) for _ in range(count)))
+        return first[0]
+
+    assert await turns_to_first_work(_BATCH_MAX) < await turns_to_first_work(1)
 
 
 async def test_on_sqlite_a_group_commit_opens_no_transaction_while_its_works_run(store: Store) -> None:

@@ -216,7 +216,7 @@ class Store:
 
     async def _drain(self) -> None:
         while self._pending:
-            for _ in range(_GATHER_TURNS):
+            for _ in range(_GATHER_TURNS if len(self._pending) < _BATCH_MAX else 0):
                 await asyncio.sleep(0)  # one turn of the loop: works that arrive in it join
             batch, self._pending = self._pending[:_BATCH_MAX], self._pending[_BATCH_MAX:]
             try:
