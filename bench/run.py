@@ -12,7 +12,6 @@ See bench/README.md.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import shlex
@@ -22,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -256,7 +255,7 @@ def main(argv: list[str]) -> int:
     args = parse_args(argv)
     plan = QUICK if args.quick else FULL
     if args.repeats:
-        plan = dataclasses.replace(plan, repeats=args.repeats)
+        plan = replace(plan, repeats=args.repeats)
     default = "1k,100k,xlsx,latency" + (",memory" if plan.memory else "")
     wanted = set((args.workloads or default).split(","))
     for sig in (signal.SIGTERM, signal.SIGHUP):
